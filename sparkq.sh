@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# SparkQ: the one door for users. Bootstraps .venv on first use, then hands the command to the
+# `sparkq` CLI inside it. Works from any current directory.
+set -euo pipefail
+
+src="${BASH_SOURCE[0]}"
+while [ -L "$src" ]; do
+  dir="$(cd -P "$(dirname "$src")" && pwd)"
+  src="$(readlink "$src")"
+  case "$src" in /*) ;; *) src="$dir/$src" ;; esac
+done
+HERE="$(cd -P "$(dirname "$src")" && pwd)"
+VENV="$HERE/.venv"
+export SPARKQ_ROOT="${SPARKQ_ROOT:-$HERE}"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./sparkq.sh COMMAND [ARGS]
+
+Server
+  start                      back up, then start the server in the background
+  run                        back up, then run the server in the foreground (systemd)
+  restart                    stop, back up, start
+  stop                       stop the server (SIGTERM, then SIGKILL after the stop timeout)
+  status [--json]            running or stopped; exit 0 running, 3 stopped
+  setup [--reseed]           create .venv, sparkq.yml, .env and the database (safe to re-run)
+
+Backups
+  backup                     take a backup now (also while the server runs)
+  backup-list [--json]       list backups, 1 = newest
+  backup-show N [--json]     manifest and files of backup N (or a bundle name)
+  backup-verify [N|--all]    check checksums and database integrity
+  backup-restore N [--db-only|--config-only|--tables T,..] [--yes]
+                             restore backup N; the current state is kept as sparkq_preRestore_*
+  backup-restore N export-prompts
+                             print the prompts of backup N as JSON, restore nothing
+  backup-export KIND N       print prompts|config|tools|task-classes|agent-roles|projects of N
+
+Development
+  test [PYTEST ARGS]         install test dependencies and run the test suite (--long: long faults)
+  bench [--quick] [--size MB]
+                             run the benchmarks (installs sqlite3 when missing)
+
+Also: sparkq/scripts/restore_database.sh list|show|restore|export-config|export-tools|export-prompts N
+Exit codes: 0 ok, 1 failure, 2 usage, 3 not running, 4 no such backup, 5 verification failed,
+6 refused: the database is in use. Details: ./sparkq.sh COMMAND --help, README.md, docs/BACKUP.md.
+USAGE
+}
+
+die() { echo "sparkq.sh: $*" >&2; exit 1; }
+
+find_python() {
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null 2>&1 &&
+       "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$py"; return 0
+    fi
+  done
+  return 1
+}
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "sparkq.sh: installing $* (apt-get)" >&2
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    return 1
+  fi
+}
+
+# ensure_venv [EXTRA]: create .venv and (re)install the project when pyproject.toml changed.
+ensure_venv() {
+  local extra="${1:-}" want stamp="$VENV/.sparkq-installed"
+  if [ ! -x "$VENV/bin/python" ]; then
+    local py
+    py="$(find_python)" || { apt_install python3 python3-venv && py="$(find_python)"; } ||
+      die "Python >= 3.11 is required; install it and run again"
+    echo "sparkq.sh: creating $VENV" >&2
+    if ! "$py" -m venv "$VENV" 2>/dev/null; then
+      rm -rf "$VENV"
+      apt_install python3-venv || die "cannot create a virtualenv; install python3-venv"
+      "$py" -m venv "$VENV" || die "cannot create a virtualenv in $VENV"
+    fi
+  fi
+  want="$(cat "$HERE/pyproject.toml" | cksum | cut -d' ' -f1)${extra:+[$extra]}"
+  if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
+    echo "sparkq.sh: installing SparkQ${extra:+ with [$extra]} into .venv" >&2
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$HERE${extra:+[$extra]}" >&2 ||
+      die "pip install failed; see the messages above"
+    # a test install also satisfies a plain one
+    { echo "$want"; [ -n "$extra" ] && echo "${want%\[*}"; } > "$stamp"
+  fi
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  ""|-h|--help|help)
+    usage
+    exit 0 ;;
+  test)
+    shift
+    ensure_venv test
+    cd "$HERE"
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  bench)
+    shift
+    ensure_venv
+    command -v sqlite3 >/dev/null 2>&1 || apt_install sqlite3 ||
+      die "the benchmark needs the sqlite3 command: apt install sqlite3 (or brew install sqlite3)"
+    cd "$HERE"
+    exec "$VENV/bin/python" -m bench "$@" ;;
+  *)
+    ensure_venv
+    exec "$VENV/bin/sparkq" "$@" ;;
+esac

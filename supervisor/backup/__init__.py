@@ -1,0 +1,1 @@
+"""Backup bundles: create, catalog, verify, restore and exports."""

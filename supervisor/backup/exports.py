@@ -1,0 +1,82 @@
+"""The JSON exports of a bundle: one array of row objects per configuration table.
+
+They are written from the snapshot (so they agree with the bundled DB) and read back for
+`backup-export` / `export-prompts`; a legacy `.db` backup has no exports, so they are read
+from the database inside it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+# kind -> (file in the bundle, table, columns BACKUP.md shows first; the rest follow)
+EXPORTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "config": ("config_export.json", "config", ("namespace", "key", "value")),
+    "tools": ("tools_export.json", "tools", ("name", "description", "task_class")),
+    "task-classes": ("task_classes_export.json", "task_classes", ("name", "timeout")),
+    "prompts": (
+        "prompts_export.json",
+        "prompts",
+        ("id", "command", "label", "template_text", "description", "category", "active"),
+    ),
+    "agent-roles": ("agent_roles_export.json", "agent_roles", ("key", "label", "description", "active")),
+    "projects": ("projects_export.json", "projects", ("id", "name", "repo_path", "prd_path")),
+}
+EXPORT_FILES = tuple(spec[0] for spec in EXPORTS.values())
+
+
+def rows(conn: sqlite3.Connection, kind: str) -> list[dict]:
+    """All rows of the table behind `kind`, shown columns first; a missing table gives []."""
+    _file, table, shown = EXPORTS[kind]
+    try:
+        cur = conn.execute(f'SELECT * FROM "{table}"')
+    except sqlite3.OperationalError:
+        return []
+    names = [d[0] for d in cur.description]
+    order = [c for c in shown if c in names] + [c for c in names if c not in shown]
+    out = []
+    for row in cur:
+        record = dict(zip(names, row))
+        out.append({c: record[c] for c in order})
+    key = shown[0] if shown[0] in names else None
+    if key:
+        out.sort(key=lambda r: (str(r.get(key)), str(r.get(order[1])) if len(order) > 1 else ""))
+    return out
+
+
+def to_json(data: list[dict]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def render_exports(conn: sqlite3.Connection) -> dict[str, bytes]:
+    """Render every export from `conn`: {file name in the bundle: content}."""
+    return {spec[0]: (to_json(rows(conn, kind)) + "\n").encode() for kind, spec in EXPORTS.items()}
+
+
+def export_json(settings, ref: str, kind: str) -> str:
+    """The export `kind` of backup `ref`, as JSON text: the bundle's file, else read from its DB."""
+    from ..errors import VerificationFailed
+    from .catalog import resolve
+
+    entry = resolve(settings, ref)
+    filename = EXPORTS[kind][0]
+    if entry.format == "bundle":
+        path = entry.member(filename)
+        if path is not None:
+            text = path.read_text(encoding="utf-8")
+            try:
+                json.loads(text)
+            except ValueError:
+                raise VerificationFailed(f"{path}: not valid JSON; try another backup or backup-verify") from None
+            return text.rstrip("\n")
+    db = entry.db_file
+    if db is None:
+        raise VerificationFailed(f"backup {entry.name} has neither {filename} nor a database to read it from")
+    conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
+    try:
+        return to_json(rows(conn, kind))
+    except sqlite3.DatabaseError as exc:
+        raise VerificationFailed(f"{db}: cannot be read ({exc}); try another backup") from None
+    finally:
+        conn.close()

@@ -1,0 +1,191 @@
+"""Locate the project, load and validate `sparkq.yml`, resolve paths and environment overrides.
+
+A malformed file or a wrong type fails with one line naming the file, the key path (or the YAML
+line) and what was expected. Unknown keys only warn. Recovery commands load leniently: with the
+file missing or broken they fall back to the default paths and say so in one line.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
+
+KEEP_ENV = "SPARKQ_BACKUP_KEEP"
+CONFIG_ENV = "SPARKQ_CONFIG"
+
+# key path -> (expected type(s), default, description of what is expected)
+_SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "server.host": ((str,), "127.0.0.1", "a host name or IP address"),
+    "server.port": ((int,), 5005, "a port number from 1 to 65535"),
+    "server.command": ((list, type(None)), None, "a list of strings (argv)"),
+    "server.health_url": ((str,), "/health", "a URL path such as /health"),
+    "server.start_timeout": ((int, float), 30, "a number of seconds > 0"),
+    "server.stop_timeout": ((int, float), 10, "a number of seconds > 0"),
+    "database.path": ((str,), DEFAULT_DB, "a file path"),
+    "backup.dir": ((str,), DEFAULT_BACKUP_DIR, "a folder path"),
+    "backup.keep": ((int,), 7, "a whole number >= 1"),
+    "backup.lock_timeout": ((int, float), 30, "a number of seconds > 0"),
+}
+# Sections the server owns; the supervisor passes them through unchecked.
+_FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features", "sparkq"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    paths: Paths
+    values: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    notice: str | None = None  # set when lenient loading fell back to defaults
+
+    def get(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def host(self) -> str:
+        return self.values["server.host"]
+
+    @property
+    def port(self) -> int:
+        return self.values["server.port"]
+
+    @property
+    def base_url(self) -> str:
+        host = self.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @property
+    def health_url(self) -> str:
+        url = self.values["server.health_url"]
+        return url if url.startswith("http") else self.base_url + url
+
+    def backup_keep(self) -> int:
+        """Retention count: `SPARKQ_BACKUP_KEEP` wins over `backup.keep`."""
+        raw = os.environ.get(KEEP_ENV)
+        if raw is None:
+            return self.values["backup.keep"]
+        text = raw.strip()
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"{KEEP_ENV}={raw!r} is not a whole number >= 1; set it to e.g. 7")
+        return int(text)
+
+
+def config_path(explicit: str | os.PathLike | None = None, root: Path | None = None) -> Path:
+    chosen = explicit or os.environ.get(CONFIG_ENV)
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    return (root or project_root()) / "sparkq.yml"
+
+
+def load(
+    explicit: str | os.PathLike | None = None,
+    *,
+    root: Path | None = None,
+    lenient: bool = False,
+) -> Settings:
+    """Load settings. `lenient` turns a broken file into defaults plus a one-line notice."""
+    root = root or project_root()
+    path = config_path(explicit, root)
+    if not path.exists():
+        if explicit or os.environ.get(CONFIG_ENV):
+            if not lenient:
+                raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
+        return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
+    try:
+        raw = _read_yaml(path)
+        values, warnings = _validate(path, raw)
+    except ConfigError as exc:
+        if not lenient:
+            raise
+        return _build(root, path, {}, [], notice=f"{exc}; using default paths")
+    return _build(root, path, values, warnings)
+
+
+def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], notice=None) -> Settings:
+    values = {key: given.get(key, spec[1]) for key, spec in _SCHEMA.items()}
+    base = path.parent
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else (base / q)
+
+    paths = Paths(
+        root=root,
+        config_file=path,
+        db=resolve(values["database.path"]),
+        backup_dir=resolve(values["backup.dir"]),
+    )
+    return Settings(paths=paths, values=values, warnings=warnings, notice=notice)
+
+
+def _read_yaml(path: Path) -> Any:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; fix or restore it (backup-restore N --config-only)")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}); check its permissions")
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: invalid YAML ({problem}); fix the file or restore it")
+
+
+def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {_kind(raw)}")
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    sections = {key.split(".")[0] for key in _SCHEMA}
+    for section, body in raw.items():
+        if section in _FREE_SECTIONS:
+            continue
+        if section not in sections:
+            warnings.append(f"{path}: unknown key '{section}' ignored")
+            continue
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: '{section}' must be a mapping, got {_kind(body)}")
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if dotted not in _SCHEMA:
+                warnings.append(f"{path}: unknown key '{dotted}' ignored")
+                continue
+            values[dotted] = _check(path, dotted, value)
+    return values, warnings
+
+
+def _check(path: Path, dotted: str, value: Any) -> Any:
+    types, _default, expected = _SCHEMA[dotted]
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if ok and dotted == "server.port":
+        ok = 1 <= value <= 65535
+    elif ok and dotted == "backup.keep":
+        ok = value >= 1
+    elif ok and dotted.endswith("_timeout"):
+        ok = value > 0
+    elif ok and dotted == "server.command" and value is not None:
+        ok = bool(value) and all(isinstance(arg, str) for arg in value)
+    if not ok:
+        raise ConfigError(f"{path}: '{dotted}' must be {expected}, got {value!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)

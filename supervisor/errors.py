@@ -1,0 +1,49 @@
+"""One error root and one exit-code map.
+
+Domain code raises these; only the CLI turns them into a one-line message and an exit status.
+Messages start with what failed and end with what to do.
+"""
+
+from __future__ import annotations
+
+OK = 0
+FAILURE = 1
+USAGE = 2
+NOT_RUNNING = 3  # `status` only, as LSB init scripts and `systemctl is-active` use it
+NOT_FOUND = 4
+VERIFY_FAILED = 5
+IN_USE = 6
+
+
+class SparkqError(Exception):
+    """Base of every error the CLI reports as one line."""
+
+    exit_code = FAILURE
+
+
+class UsageError(SparkqError):
+    exit_code = USAGE
+
+
+class ConfigError(UsageError):
+    """sparkq.yml (or an environment variable) is malformed or has a wrong value."""
+
+
+class BackupNotFound(SparkqError):
+    exit_code = NOT_FOUND
+
+
+class VerificationFailed(SparkqError):
+    exit_code = VERIFY_FAILED
+
+
+class InUse(SparkqError):
+    exit_code = IN_USE
+
+
+class BackupFailed(SparkqError):
+    """Taking a backup failed; nothing partial was left."""
+
+
+class StartFailed(SparkqError):
+    """The server did not come up healthy."""

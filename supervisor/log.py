@@ -1,0 +1,98 @@
+"""structlog, configured once at the entry point.
+
+Events go as JSON lines to `sparkq/logs/supervisor.log` (when writable) and to stderr: readable
+console output on a TTY, JSON lines otherwise (journald under systemd). The console shows warnings
+and errors only, unless `verbose` (or systemd's JOURNAL_STREAM) asks for everything.
+Never log secrets: nothing here reads `.env`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import structlog
+
+_configured = False
+
+
+def setup(log_file: Path | None = None, *, verbose: bool = False) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(logging.INFO)
+
+    tty = sys.stderr.isatty()
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.INFO if verbose or os.environ.get("JOURNAL_STREAM") else logging.WARNING)
+    console.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False) if tty else structlog.processors.JSONRenderer(),
+            ],
+            foreign_pre_chain=shared,
+        )
+    )
+    root.addHandler(console)
+
+    if log_file is not None:
+        try:
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_file, encoding="utf-8")
+        except OSError:
+            return
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(
+            structlog.stdlib.ProcessorFormatter(
+                processors=[
+                    structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.dict_tracebacks,
+                    structlog.processors.JSONRenderer(),
+                ],
+                foreign_pre_chain=shared,
+            )
+        )
+        root.addHandler(handler)
+
+
+def get(name: str = "sparkq"):
+    return structlog.get_logger(name)
+
+
+def record_crash(exc: BaseException, log_file: Path) -> Path | None:
+    """Append an unexpected exception with its traceback to the log file (not to the console)."""
+    import json
+    import traceback
+    from datetime import datetime, timezone
+
+    entry = {
+        "event": "unexpected_error",
+        "level": "error",
+        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+    except OSError:
+        return None
+    return log_file

@@ -1,0 +1,70 @@
+"""Every path the supervisor touches, built once from the config and passed explicitly."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# The checkout this code runs from (an editable install): the default project root.
+CODE_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = CODE_ROOT / "sparkq" / "scripts" / "setup"
+
+DEFAULT_DB = "sparkq/data/sparkq.db"
+DEFAULT_BACKUP_DIR = "sparkq/data/backups"
+
+
+def project_root() -> Path:
+    """`SPARKQ_ROOT` when set (sparkq.sh sets it to its own folder), else the code checkout."""
+    env = os.environ.get("SPARKQ_ROOT")
+    return Path(env).resolve() if env else CODE_ROOT
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path
+    config_file: Path
+    db: Path
+    backup_dir: Path
+
+    @property
+    def env_file(self) -> Path:
+        return self.root / ".env"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "sparkq" / "data"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.data_dir / "sparkq.pid"
+
+    @property
+    def lockfile(self) -> Path:
+        return self.data_dir / "sparkq.lock"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.root / "sparkq" / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_dir / "server.log"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.log_dir / "supervisor.log"
+
+    @property
+    def templates_dir(self) -> Path:
+        return TEMPLATES_DIR
+
+    @classmethod
+    def default(cls, root: Path | None = None) -> "Paths":
+        root = root or project_root()
+        return cls(
+            root=root,
+            config_file=root / "sparkq.yml",
+            db=root / DEFAULT_DB,
+            backup_dir=root / DEFAULT_BACKUP_DIR,
+        )

@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+import pytest
+
+from helpers import Project, Reaper, base_env, free_port
+
+
+def pytest_addoption(parser):
+    parser.addoption("--long", action="store_true", help="run the long fault suite (more iterations)")
+
+
+@pytest.fixture
+def reaper():
+    r = Reaper()
+    yield r
+    r.kill_all()
+
+
+@pytest.fixture
+def project(tmp_path, reaper, monkeypatch) -> Project:
+    """A fresh project root with sparkq.yml on a free port; SPARKQ_ROOT points at it in-process too."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    p = Project(root=root, port=free_port(), env=base_env(root), reaper=reaper)
+    p.write_config()
+    for key in list(__import__("os").environ):
+        if key.startswith("SPARKQ_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("SPARKQ_ROOT", str(root))
+    return p

@@ -1,0 +1,93 @@
+"""supervisor.config: defaults, validation errors that name the key, lenient recovery loading."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor import config
+from supervisor.errors import ConfigError
+
+
+def load(project, text: str, **kw):
+    project.config.write_text(text)
+    return config.load(**kw)
+
+
+def test_defaults_when_sections_missing(project):
+    s = load(project, "server:\n  port: 6001\n")
+    assert s.port == 6001
+    assert s.host == "127.0.0.1"
+    assert s.get("server.stop_timeout") == 10
+    assert s.paths.db == project.root / "sparkq/data/sparkq.db"
+    assert s.paths.backup_dir == project.root / "sparkq/data/backups"
+    assert s.backup_keep() == 7
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("server:\n  port: 70000\n", "server.port"),
+        ("server:\n  port: '5005'\n", "server.port"),
+        ("server:\n  stop_timeout: -1\n", "server.stop_timeout"),
+        ("server:\n  command: run-me\n", "server.command"),
+        ("backup:\n  keep: 0\n", "backup.keep"),
+        ("server:\n  - a\n  - b\n", "'server' must be a mapping"),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("server:\n\tport: 1\n", "line 2"),
+        ("database:\n  path: [1, 2]\n", "database.path"),
+    ],
+)
+def test_errors_name_the_key(project, text, needle):
+    with pytest.raises(ConfigError) as err:
+        load(project, text)
+    msg = str(err.value)
+    assert needle in msg
+    assert "sparkq.yml" in msg
+    assert "\n" not in msg
+
+
+def test_unknown_keys_warn(project):
+    s = load(project, "server:\n  colour: blue\nmystery: 1\npurge:\n  older_than_days: 3\n")
+    assert any("server.colour" in w for w in s.warnings)
+    assert any("mystery" in w for w in s.warnings)
+    assert not any("purge" in w for w in s.warnings)
+
+
+def test_lenient_falls_back_with_notice(project):
+    s = load(project, "server: [\n", lenient=True)
+    assert s.notice and "using default paths" in s.notice
+    assert s.paths.db == project.root / "sparkq/data/sparkq.db"
+    project.config.unlink()
+    s = config.load(lenient=True)
+    assert "not found" in s.notice
+
+
+def test_not_utf8_is_a_config_error(project):
+    project.config.write_bytes(b"server:\n  host: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="UTF-8"):
+        config.load()
+
+
+def test_relative_paths_resolve_against_config_folder(project, tmp_path, monkeypatch):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "alt.yml").write_text("database:\n  path: db/x.db\nbackup:\n  dir: bk\n")
+    monkeypatch.setenv("SPARKQ_CONFIG", str(other / "alt.yml"))
+    s = config.load()
+    assert s.paths.db == other / "db/x.db"
+    assert s.paths.backup_dir == other / "bk"
+    assert s.paths.pidfile.parent == project.root / "sparkq/data"
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "abc", "1e9", "", "2.5"])
+def test_keep_env_rejects_non_whole_numbers(project, monkeypatch, raw):
+    monkeypatch.setenv("SPARKQ_BACKUP_KEEP", raw)
+    with pytest.raises(ConfigError, match="SPARKQ_BACKUP_KEEP"):
+        config.load().backup_keep()
+
+
+def test_keep_env_wins_over_file(project, monkeypatch):
+    s = load(project, "backup:\n  keep: 3\n")
+    assert s.backup_keep() == 3
+    monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "14")
+    assert s.backup_keep() == 14
