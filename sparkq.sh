@@ -88,7 +88,7 @@ ensure_venv() {
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$HERE${extra:+[$extra]}" >&2 ||
       die "pip install failed; see the messages above"
     # a test install also satisfies a plain one
-    { echo "$want"; [ -n "$extra" ] && echo "${want%\[*}"; } > "$stamp"
+    if [ -n "$extra" ]; then printf '%s\n%s\n' "$want" "${want%\[*}"; else echo "$want"; fi > "$stamp"
   fi
 }
 

@@ -49,7 +49,7 @@ def _root(
     _state.update(config=config, debug=debug, verbose=verbose)
 
 
-def _settings(*, lenient: bool = False):
+def _settings(*, lenient: bool = False, quiet_missing: bool = False):
     """Load the config once per command; set up logging from it."""
     from . import config, log
 
@@ -57,7 +57,7 @@ def _settings(*, lenient: bool = False):
     log.setup(settings.paths.supervisor_log, verbose=_state["verbose"])
     for warning in settings.warnings:
         print(f"sparkq: warning: {warning}", file=sys.stderr)
-    if settings.notice:
+    if settings.notice and not (quiet_missing and not settings.paths.config_file.exists()):
         print(f"sparkq: notice: {settings.notice}", file=sys.stderr)
     return settings
 
@@ -91,7 +91,7 @@ def setup(
     """
     from .setup import run_setup
 
-    _emit(run_setup(_settings(), reseed=reseed), as_json)
+    _emit(run_setup(_settings(quiet_missing=True), reseed=reseed), as_json)
 
 
 @app.command()

@@ -1,0 +1,591 @@
+"""Find, order, resolve and read the backups in the backup dir, whatever format wrote them.
+
+Shapes read (none of them may crash a listing):
+- bundles `sparkq_YYYYMMDD_HHMMSS[_N]/` with `manifest.json` ("2.0": `files` a list, `config_file`,
+  `checksums`; older "2.1": `files` an object of lists, `configuration_files`, a `sparkq.db-wal`);
+- bundles whose manifest is missing, unreadable, too big or of the wrong shape: listed with
+  `damaged` set to the reason and whatever can still be read;
+- legacy single files `sparkq_YYYYMMDD_HHMMSS.db`, maybe with a `.yml` of the same stem beside;
+- pre-restore bundles `sparkq_preRestore_YYYYMMDD_HHMMSS[_N]`, listed apart and addressed by name.
+
+Listing reads manifests only: a bundle's database is opened only when its manifest cannot be
+trusted. Nothing here follows a symlink out of the backup dir or writes beside a backup (SQLite
+opens backups `immutable`, so no `-shm`/`-wal` appear next to them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+from ..errors import BackupNotFound, UsageError, VerificationFailed
+
+REGULAR = "regular"
+PRE_RESTORE = "pre_restore"
+DB_NAME = "sparkq.db"
+WAL_NAME = "sparkq.db-wal"
+MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 4 << 20  # a real manifest is a few KB; anything past this is treated as damaged
+
+_BUNDLE_RE = re.compile(r"(sparkq|sparkq_preRestore)_(\d{8})_(\d{6})(?:_(\d+))?")
+_LEGACY_RE = re.compile(r"(sparkq|sparkq_preRestore)_(\d{8})_(\d{6})(?:_(\d+))?\.db")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_EPOCH = datetime.fromtimestamp(0, timezone.utc)
+REF_HINT = "give a number from backup-list (1 = newest) or a backup name such as sparkq_20251203_143022"
+
+
+@dataclass
+class Entry:
+    name: str
+    path: Path
+    format: str  # "bundle" | "legacy"
+    kind: str  # "regular" | "pre_restore"
+    number: int | None
+    created_at: datetime
+    manifest: dict | None = None
+    damaged: str | None = None
+    # The parsed manifest even when it failed validation (for backup-show); None when unparsable.
+    raw_manifest: Any = field(default=None, repr=False, compare=False)
+    _order: tuple = field(default=(), repr=False, compare=False)
+
+    # --- members ---------------------------------------------------------------------------
+
+    def member(self, relname: str) -> Path | None:
+        """The regular file `relname` inside the backup; None when absent.
+
+        Raises VerificationFailed for a symlink anywhere on the way, a name that would leave the
+        bundle, or something that is not a regular file. A legacy backup answers for `sparkq.db`
+        (the file itself) and `sparkq.yml` (the .yml beside it).
+        """
+        if self.format == "legacy":
+            if relname == DB_NAME:
+                if self.path.is_symlink():
+                    raise VerificationFailed(f"{self.name} is a symlink; refusing it (pick another backup)")
+                return self.path if self.path.is_file() else None
+            return self.legacy_yml if relname == "sparkq.yml" else None
+        rel = PurePosixPath(relname)
+        if not relname or "\\" in relname or "\0" in relname or rel.is_absolute() or ".." in rel.parts:
+            raise VerificationFailed(f"{self.name}: member name {relname!r} leaves the bundle; refusing it")
+        if self.path.is_symlink():
+            raise VerificationFailed(f"{self.name} is a symlink; refusing it (pick another backup)")
+        current = self.path
+        st = None
+        for part in rel.parts:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                shown = current.relative_to(self.path).as_posix()
+                raise VerificationFailed(f"{self.name}/{shown} is a symlink; refusing it (pick another backup)")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise VerificationFailed(f"{self.name}/{rel.as_posix()} is not a regular file; refusing it")
+        base = self.path.resolve()
+        if not current.resolve().is_relative_to(base):
+            raise VerificationFailed(f"{self.name}/{rel.as_posix()} leaves the bundle; refusing it")
+        return current
+
+    @property
+    def db_file(self) -> Path | None:
+        """The backup's database file (raises VerificationFailed when it is a symlink)."""
+        return self.member(DB_NAME)
+
+    @property
+    def wal_file(self) -> Path | None:
+        """`sparkq.db-wal` of a bundle when present and not empty (older 2.1 bundles carry one)."""
+        if self.format != "bundle":
+            return None
+        wal = self.member(WAL_NAME)
+        return wal if wal is not None and wal.stat().st_size > 0 else None
+
+    @property
+    def legacy_yml(self) -> Path | None:
+        if self.format != "legacy":
+            return None
+        yml = self.path.with_name(self.path.name[: -len(".db")] + ".yml")
+        try:
+            st = os.lstat(yml)
+        except OSError:
+            return None
+        return yml if stat.S_ISREG(st.st_mode) else None
+
+    # --- what the listing shows -------------------------------------------------------------
+
+    @property
+    def config_file_included(self) -> bool:
+        if self.format == "legacy":
+            return self.legacy_yml is not None
+        m = self.manifest
+        if m is not None and isinstance(m.get("config_file"), bool) and m.get("backup_version") != "2.1":
+            return m["config_file"]
+        # 2.1 and damaged bundles: their file lists were not reliable, so look at the bundle.
+        return _is_regular(self.path / "sparkq.yml")
+
+    @property
+    def counts(self) -> dict:
+        if self.manifest is not None:
+            return dict(self.manifest.get("counts") or {})
+        return dict(self._db_facts[0])
+
+    @property
+    def integrity_check(self) -> str | None:
+        if self.manifest is not None:
+            return self.manifest.get("integrity_check")
+        if self.format == "legacy":
+            return self._db_facts[1]
+        return None
+
+    @property
+    def db_size(self) -> int:
+        if self.format == "legacy":
+            return _lstat_size(self.path)
+        database = (self.manifest or {}).get("database") or {}
+        for key in ("bytes", "size"):
+            value = database.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                return value
+        return _lstat_size(self.path / DB_NAME)
+
+    @property
+    def trigger(self) -> str | None:
+        value = (self.manifest or {}).get("trigger")
+        if isinstance(value, str):
+            return value
+        return "pre-restore" if self.kind == PRE_RESTORE else None
+
+    @cached_property
+    def _db_facts(self) -> tuple[dict, str | None]:
+        """(counts, quick_check) read from the database itself; used when no manifest tells."""
+        try:
+            db, wal = self.db_file, self.wal_file
+        except VerificationFailed as exc:
+            return {}, f"unreadable: {exc}"
+        if db is None:
+            return {}, "unreadable: no database file"
+        import sqlite3
+
+        from sparkq import storage
+
+        try:
+            with open_backup_db(db, wal) as conn:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                return storage.counts(conn), check
+        except (sqlite3.Error, OSError) as exc:
+            return {}, f"unreadable: {exc}"
+
+    def to_dict(self) -> dict:
+        return {
+            "number": self.number,
+            "name": self.name,
+            "format": self.format,
+            "path": str(self.path),
+            "created_at": self.created_at.isoformat(),
+            "db_size": self.db_size,
+            "config_file": self.config_file_included,
+            "counts": self.counts,
+            "integrity_check": self.integrity_check,
+            "damaged": self.damaged,
+            "trigger": self.trigger,
+        }
+
+
+@contextmanager
+def open_backup_db(db: Path, wal: Path | None = None) -> Iterator:
+    """A read-only connection to a backup's database, with its `-wal` folded in when given.
+
+    Without a WAL the file is opened `immutable`, which writes nothing beside it. With one, both
+    files are copied to a private temp dir first, because SQLite would otherwise create `-shm`
+    files in the backup (and a read-only open cannot replay a WAL without them).
+    """
+    import sqlite3
+
+    if wal is None:
+        conn = sqlite3.connect(Path(os.path.abspath(db)).as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sparkq-fold-") as tmp:
+        copy = Path(tmp) / DB_NAME
+        shutil.copyfile(db, copy)
+        shutil.copyfile(wal, Path(tmp) / WAL_NAME)
+        conn = sqlite3.connect(str(copy))
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+# --- scanning ---------------------------------------------------------------------------------
+
+
+def scan(backup_dir: Path) -> tuple[list[Entry], list[Entry]]:
+    """(regular backups newest first, numbered from 1; pre-restore bundles newest first)."""
+    regular: list[Entry] = []
+    pre: list[Entry] = []
+    try:
+        items = list(os.scandir(backup_dir))
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    except OSError as exc:
+        raise BackupNotFound(f"cannot read the backup dir {backup_dir} ({exc.strerror}); check its permissions")
+    for item in items:
+        entry = _entry_of(item)
+        if entry is not None:
+            (pre if entry.kind == PRE_RESTORE else regular).append(entry)
+    regular.sort(key=lambda e: e._order, reverse=True)
+    pre.sort(key=lambda e: e._order, reverse=True)
+    for number, entry in enumerate(regular, 1):
+        entry.number = number
+    return regular, pre
+
+
+def _entry_of(item: os.DirEntry) -> Entry | None:
+    name = item.name
+    if name.startswith("."):
+        return None
+    bundle = _BUNDLE_RE.fullmatch(name)
+    legacy = None if bundle else _LEGACY_RE.fullmatch(name)
+    match = bundle or legacy
+    if match is None:
+        return None
+    try:
+        is_link = item.is_symlink()
+        if not is_link and not (item.is_dir(follow_symlinks=False) if bundle else item.is_file(follow_symlinks=False)):
+            return None
+    except OSError:
+        return None
+    prefix, day, clock, seq = match.groups()
+    kind = PRE_RESTORE if prefix == "sparkq_preRestore" else REGULAR
+    path = Path(item.path)
+    manifest = raw = damaged = None
+    if is_link:
+        damaged = f"{name} is a symlink; refusing it"
+    elif bundle:
+        raw, damaged = _read_manifest(path)
+        manifest = raw if damaged is None else None
+    name_time = _parse_name_time(day, clock)
+    created = _parse_iso(manifest.get("created_at")) if manifest else None
+    if created is None:
+        created = name_time
+    if created is None:
+        try:
+            created = datetime.fromtimestamp(item.stat(follow_symlinks=False).st_mtime, timezone.utc)
+        except OSError:
+            created = _EPOCH
+    return Entry(
+        name=name,
+        path=path,
+        format="bundle" if bundle else "legacy",
+        kind=kind,
+        number=None,
+        created_at=created,
+        manifest=manifest,
+        damaged=damaged,
+        raw_manifest=raw,
+        _order=(created, int(seq or 0), name),
+    )
+
+
+def _read_manifest(bundle: Path) -> tuple[Any, str | None]:
+    """(parsed manifest or None, why it cannot be trusted or None)."""
+    path = bundle / MANIFEST
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, "manifest.json is missing"
+    except OSError as exc:
+        if os.path.islink(path):
+            return None, "manifest.json is a symlink"
+        return None, f"manifest.json cannot be read ({exc.strerror})"
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "manifest.json is not a regular file"
+        if st.st_size > MANIFEST_LIMIT:
+            return None, f"manifest.json is too large ({st.st_size} bytes)"
+        try:
+            data = fh.read(MANIFEST_LIMIT + 1)
+        except OSError as exc:
+            return None, f"manifest.json cannot be read ({exc.strerror})"
+    if len(data) > MANIFEST_LIMIT:
+        return None, "manifest.json is too large"
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "manifest.json is not UTF-8 text"
+    except ValueError as exc:
+        return None, f"manifest.json is not valid JSON ({exc})"
+    except RecursionError:
+        return None, "manifest.json is nested too deeply"
+    return raw, _manifest_problem(raw)
+
+
+def _manifest_problem(m: Any) -> str | None:
+    """Why a parsed manifest cannot be trusted, or None. Checks the types readers rely on."""
+    if not isinstance(m, dict):
+        return "manifest.json is not a JSON object"
+    if not isinstance(m.get("backup_version"), str):
+        return "manifest.json has no backup_version string"
+    if not isinstance(m.get("created_at"), str) or _parse_iso(m["created_at"]) is None:
+        return "manifest.json has no valid created_at"
+    checks = {
+        "integrity_check": lambda v: isinstance(v, str),
+        "trigger": lambda v: v is None or isinstance(v, str),
+        "config_file": lambda v: isinstance(v, bool),
+        "configuration_files": lambda v: isinstance(v, dict),
+        "database": lambda v: isinstance(v, dict),
+        "counts": lambda v: isinstance(v, dict)
+        and all(isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) for k, n in v.items()),
+        "files": lambda v: _str_list(v)
+        or (isinstance(v, dict) and all(_str_list(x) for x in v.values())),
+        "checksums": lambda v: isinstance(v, dict)
+        and all(isinstance(k, str) and isinstance(h, str) and _SHA256_RE.fullmatch(h) for k, h in v.items()),
+    }
+    for key, ok in checks.items():
+        if key in m and not ok(m[key]):
+            return f"manifest.json has a malformed {key!r}"
+    for rel in m.get("checksums") or {}:
+        parts = PurePosixPath(rel).parts
+        if not rel or rel.startswith("/") or "\\" in rel or ".." in parts:
+            return f"manifest.json checksums name a path outside the bundle ({rel!r})"
+    return None
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _parse_name_time(day: str, clock: str) -> datetime | None:
+    try:
+        return datetime.strptime(day + clock, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _parse_iso(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _lstat_size(path: Path) -> int:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
+# --- resolving a reference ------------------------------------------------------------------
+
+
+def resolve(settings, ref: str) -> Entry:
+    """The backup `ref` names: a position in backup-list (1 = newest) or an exact name.
+
+    The reference is only ever compared with names found in the backup dir; it is never used to
+    build a path, so nothing outside the backup dir can be reached through it.
+    """
+    text = ref if isinstance(ref, str) else str(ref)
+    text = text.strip()
+    if not text:
+        raise UsageError(f"empty backup reference; {REF_HINT}")
+    if any(c in text for c in "/\\\0") or ".." in text or text.startswith(".") or not text.isprintable():
+        raise UsageError(f"invalid backup reference {ref!r}; {REF_HINT}")
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text) and not text.isdigit():
+        raise UsageError(f"invalid backup number {ref!r}; {REF_HINT}")
+    regular, pre = scan(settings.paths.backup_dir)
+    if text.isdigit():
+        number = int(text)
+        if number < 1:
+            raise UsageError(f"invalid backup number {ref!r}; backup numbers start at 1 (newest)")
+        if number > len(regular):
+            raise BackupNotFound(f"no backup {number}; see ./sparkq.sh backup-list")
+        return regular[number - 1]
+    for entry in regular + pre:
+        if text == entry.name or (entry.format == "legacy" and text + ".db" == entry.name):
+            return entry
+    raise BackupNotFound(f"no backup {text}; see ./sparkq.sh backup-list")
+
+
+# --- backup-list ------------------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # not reached
+
+
+@dataclass
+class BackupList:
+    backup_dir: Path
+    backups: list[Entry]
+    pre_restore: list[Entry]
+
+    def to_dict(self) -> dict:
+        return {
+            "backups": [e.to_dict() for e in self.backups],
+            "pre_restore": [e.to_dict() for e in self.pre_restore],
+        }
+
+    def text(self) -> str:
+        if not self.backups and not self.pre_restore:
+            return "No backups found"
+        lines: list[str] = []
+        if self.backups:
+            lines.append(f"Backups in {self.backup_dir} (1 = newest):")
+            lines += _table(self.backups)
+        if self.pre_restore:
+            if lines:
+                lines.append("")
+            lines.append("Pre-restore backups (restore them by name):")
+            lines += _table(self.pre_restore)
+        damaged = [e for e in self.backups + self.pre_restore if e.damaged]
+        if damaged:
+            lines.append("")
+            lines += [f"damaged: {e.name}: {e.damaged}" for e in damaged]
+            lines.append("Check them with ./sparkq.sh backup-verify --all")
+        return "\n".join(lines)
+
+
+_HEADER = ("#", "Name", "Format", "DB size", "yml", "Prompts", "Config", "Created", "Integrity")
+
+
+def _table(entries: list[Entry]) -> list[str]:
+    rows = [_HEADER]
+    for e in entries:
+        counts = e.counts
+        integrity = "DAMAGED" if e.damaged else (e.integrity_check or "-")
+        rows.append((
+            str(e.number) if e.number is not None else "-",
+            e.name,
+            e.format,
+            human_size(e.db_size),
+            "yes" if e.config_file_included else "no",
+            str(counts.get("prompts", "-")),
+            str(counts.get("config_entries", "-")),
+            e.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+            integrity.splitlines()[0] if integrity else "-",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]
+    right = {0, 3, 5, 6}
+    return [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    ]
+
+
+def list_backups(settings) -> BackupList:
+    regular, pre = scan(settings.paths.backup_dir)
+    return BackupList(settings.paths.backup_dir, regular, pre)
+
+
+# --- backup-show ------------------------------------------------------------------------------
+
+
+@dataclass
+class ShowResult:
+    entry: Entry
+    files: list[dict]
+
+    def to_dict(self) -> dict:
+        e = self.entry
+        out = {
+            "name": e.name,
+            "number": e.number,
+            "kind": e.kind,
+            "format": e.format,
+            "path": str(e.path),
+            "created_at": e.created_at.isoformat(),
+            "manifest": e.raw_manifest if isinstance(e.raw_manifest, dict) else None,
+            "damaged": e.damaged,
+            "files": self.files,
+        }
+        if e.format == "legacy" or e.manifest is None:
+            out.update(size=e.db_size, counts=e.counts, integrity_check=e.integrity_check)
+        return out
+
+    def text(self) -> str:
+        e = self.entry
+        d = self.to_dict()
+        label = f"#{e.number} " if e.number is not None else ""
+        lines = [f"Backup {label}{e.name} ({e.format}{', pre-restore' if e.kind == PRE_RESTORE else ''})",
+                 f"Path: {e.path}", f"Created: {e.created_at.isoformat()}"]
+        if e.damaged:
+            lines.append(f"DAMAGED: {e.damaged}")
+        if d["manifest"] is not None:
+            lines += ["", "manifest.json:", json.dumps(d["manifest"], indent=2, ensure_ascii=False, default=str)]
+        elif e.format == "legacy":
+            lines.append("Legacy single-file backup: no manifest.")
+        if "counts" in d:
+            lines.append(f"Database: {human_size(d['size'])}; integrity: {d['integrity_check'] or '-'}")
+            if d["counts"]:
+                lines.append("Counts: " + ", ".join(f"{k} {v}" for k, v in d["counts"].items()))
+        lines += ["", f"Files ({len(self.files)}):"]
+        width = max((len(f["path"]) for f in self.files), default=0)
+        for f in self.files:
+            note = " (symlink; refused)" if f.get("symlink") else ""
+            lines.append(f"  {f['path'].ljust(width)}  {human_size(f['size']):>9}  ({f['size']} bytes){note}")
+        return "\n".join(lines)
+
+
+def show_backup(settings, ref: str) -> ShowResult:
+    entry = resolve(settings, ref)
+    return ShowResult(entry, _files_of(entry))
+
+
+def _files_of(entry: Entry) -> list[dict]:
+    """Every file of the backup with its size (lstat: symlinks are listed, never followed)."""
+    if entry.format == "legacy":
+        paths = [entry.path] + ([entry.legacy_yml] if entry.legacy_yml else [])
+        return [_file_row(p.name, p) for p in paths]
+    if entry.path.is_symlink():
+        return []
+    rows: list[dict] = []
+    for top, dirs, files in os.walk(entry.path):
+        base = Path(top)
+        for name in sorted(files) + sorted(d for d in dirs if (base / d).is_symlink()):
+            rows.append(_file_row((base / name).relative_to(entry.path).as_posix(), base / name))
+        dirs[:] = sorted(d for d in dirs if not (base / d).is_symlink())
+    return sorted(rows, key=lambda r: ("/" in r["path"], r["path"]))
+
+
+def _file_row(rel: str, path: Path) -> dict:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return {"path": rel, "size": 0}
+    row = {"path": rel, "size": st.st_size}
+    if stat.S_ISLNK(st.st_mode):
+        row["symlink"] = True
+    return row
