@@ -15,6 +15,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from supervisor.errors import SparkqError
+
 from . import __version__, storage
 
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         host, port, db = _resolve(args)
-    except Exception as exc:  # a ConfigError already reads as one line ending in what to do
+    except SparkqError as exc:  # a ConfigError already reads as one line ending in what to do
         print(f"sparkq: {exc}", file=sys.stderr)
         return 2
     warning = exposure_warning(host)

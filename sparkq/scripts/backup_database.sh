@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Take a backup bundle now: a thin shim onto `./sparkq.sh backup` (works from any cwd, also while
+# the server runs). Arguments are passed through, e.g. --json.
+set -euo pipefail
+
+src="${BASH_SOURCE[0]}"
+while [ -L "$src" ]; do
+  dir="$(cd -P "$(dirname "$src")" && pwd)"
+  src="$(readlink "$src")"
+  case "$src" in /*) ;; *) src="$dir/$src" ;; esac
+done
+REPO="$(cd -P "$(dirname "$src")/../.." && pwd)"
+
+case "${1:-}" in
+  -h|--help)
+    echo "Usage: $(basename "$0") [--json]   take a backup now (same as ./sparkq.sh backup)"
+    exit 0 ;;
+esac
+exec "$REPO/sparkq.sh" backup "$@"

@@ -1,0 +1,709 @@
+"""Take a backup bundle: online snapshot, exports, manifest, atomic publish, then retention.
+
+A bundle is built in a hidden `.tmp-<name>-<pid>` folder inside the backup dir, every file and
+folder fsynced, then renamed into place under a name no other bundle has, so a bundle exists
+whole or not at all. Publishing needs no lock: the rename refuses to replace anything and moves
+on to the next `_N` suffix, so concurrent backups each get their own bundle. Only retention is
+serialized, with a short flock on `.retention.lock` in the backup dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import sqlite3
+import stat
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import log
+from ..errors import BackupFailed, UsageError
+from ..fsutil import fsync_dir, fsync_file
+
+BACKUP_VERSION = "2.0"
+DB_NAME = "sparkq.db"
+YML_NAME = "sparkq.yml"
+ENV_NAME = ".env"
+MANIFEST_NAME = "manifest.json"
+TEMPLATES_SUBDIR = "setup_templates"
+TEMPLATE_FILES = ("sparkq.yml.example", ".env.example", "requirements.txt.example")
+PREFIX = "sparkq"
+PRE_RESTORE_PREFIX = "sparkq_preRestore"
+RETENTION_LOCK = ".retention.lock"
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_CHUNK = 1 << 20
+_TEMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
+_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+@dataclass
+class BackupResult:
+    name: str | None = None
+    path: str | None = None
+    trigger: str = "manual"
+    skipped: bool = False
+    notice: str | None = None
+    created_at: str | None = None
+    db_size: int = 0
+    integrity_check: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        if self.skipped:
+            return f"backup skipped: {self.notice}"
+        pruned = ""
+        if self.pruned:
+            n = len(self.pruned)
+            pruned = f"; pruned {n} old backup{'s' if n != 1 else ''}"
+        health = "integrity ok" if self.integrity_check == "ok" else "INTEGRITY CHECK FAILED"
+        lines = [f"backup {self.name} ({human_size(self.db_size)}, {health}) in {self.duration_s:.2f}s{pruned}"]
+        if self.integrity_check != "ok":
+            lines.append(
+                f"WARNING: the live database failed PRAGMA integrity_check ({self.integrity_check}); "
+                "it was backed up as it is: consider restoring an older backup (./sparkq.sh backup-list)"
+            )
+        if self.notice:
+            lines.append(self.notice)
+        return "\n".join(lines)
+
+
+# --- public entry points ----------------------------------------------------------------------
+
+
+def create_backup(settings, *, trigger: str, progress: bool = False, locked: bool = False) -> BackupResult:
+    """Validate retention, take one bundle, then prune old ones. Skips when there is no DB yet.
+
+    `locked` says the caller already holds the supervisor lock (pre-start hook). A manual backup
+    does not take it: the snapshot runs fine beside a running server and beside another backup.
+    """
+    keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
+    db = settings.paths.db
+    if not db.exists():
+        return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
+    started = time.monotonic()
+    path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False, progress=progress)
+    pruned, problems = _prune(settings.paths.backup_dir, keep)
+    return BackupResult(
+        name=path.name,
+        path=str(path),
+        trigger=trigger,
+        notice="; ".join(problems) or None,
+        created_at=manifest["created_at"],
+        db_size=manifest["database"]["bytes"],
+        integrity_check=manifest["integrity_check"],
+        counts=manifest["counts"],
+        pruned=pruned,
+        duration_s=round(time.monotonic() - started, 3),
+    )
+
+
+def write_bundle(
+    settings,
+    *,
+    trigger: str,
+    prefix: str = PREFIX,
+    link_db: bool = False,
+    lock_held: bool = True,
+    progress: bool = False,
+) -> Path:
+    """Build one bundle and publish it; returns its final path.
+
+    `link_db` hard-links the live DB instead of snapshotting it (restore's pre-restore copy, taken
+    while the server is down and the DB checkpointed); that is only safe under the supervisor lock,
+    so it requires `lock_held`. A DB with a non-empty -wal beside it is snapshotted anyway.
+    """
+    if link_db and not lock_held:
+        raise UsageError("link_db needs the supervisor lock (the server must be down); take it first")
+    return _write_bundle(settings, trigger=trigger, prefix=prefix, link_db=link_db, progress=progress)[0]
+
+
+def snapshot_db(src: Path, dst: Path, *, timeout: float, progress: bool = False) -> None:
+    """Copy the live DB `src` to `dst` in one consistent step (SQLite backup API, pages=-1).
+
+    The copy stands alone: it is switched to rollback (DELETE) journal mode, so opening it never
+    creates -wal/-shm files. Mode 0600, fsynced. Waits at most `timeout` seconds for a lock.
+    """
+    src, dst = Path(src), Path(dst)
+    _check_header(src)
+    cancel = threading.Event()
+    if not progress:
+        _copy_db(src, dst, timeout, cancel)
+    else:
+        _with_progress(lambda: _copy_db(src, dst, timeout, cancel), src, dst, cancel)
+    try:
+        os.chmod(dst, 0o600)
+        fsync_file(dst)
+    except OSError as exc:
+        raise _os_failure(exc, f"writing the snapshot {dst}") from None
+
+
+def prune(settings, keep: int) -> list[str]:
+    """Keep the newest `keep` regular backups (bundles and legacy files together); delete the rest.
+
+    Pre-restore bundles are never counted nor deleted. Also removes temp dirs of dead writers.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise UsageError(f"keep must be a whole number >= 1, got {keep!r}")
+    return _prune(settings.paths.backup_dir, keep)[0]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read 1 MiB at a time (hashlib releases the GIL while it hashes)."""
+    digest = hashlib.sha256()
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def retention_lock(backup_dir: Path, *, wait: float = 60.0):
+    """Serialize deleting backups (retention; restore may hold it while it reads a bundle)."""
+    from ..locking import supervisor_lock
+
+    with supervisor_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
+        yield
+
+
+def human_size(n: int) -> str:
+    """Size as `ls -h` shows it: 512B, 4.0K, 184K, 1.2G (rounded up, 1024-based)."""
+    if n < 1024:
+        return f"{n}B"
+    value = n / 1024
+    for unit in "KMGTP":
+        if value < 10 and math.ceil(value * 10) < 100:
+            return f"{math.ceil(value * 10) / 10:.1f}{unit}"
+        if math.ceil(value) < 1024 or unit == "P":
+            return f"{math.ceil(value)}{unit}"
+        value /= 1024
+    return f"{n}B"  # not reached
+
+
+# --- building a bundle ------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progress: bool) -> tuple[Path, dict]:
+    paths = settings.paths
+    backup_dir = paths.backup_dir
+    started = time.monotonic()
+    _ensure_backup_dir(backup_dir)
+    created = _now()
+    stamp = created.strftime("%Y%m%d_%H%M%S")
+    name, tmp = _reserve(backup_dir, f"{prefix}_{stamp}")
+    try:
+        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress)
+        manifest = {
+            "backup_version": BACKUP_VERSION,
+            "created_at": created.isoformat(),
+            "timestamp": stamp,
+            **manifest,
+        }
+        _write_private(tmp / MANIFEST_NAME, (json.dumps(manifest, indent=2) + "\n").encode())
+        fsync_dir(tmp)
+        final = _publish(tmp, backup_dir, name)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _os_failure(exc, f"writing the backup in {backup_dir}") from None
+        raise
+    try:
+        fsync_dir(backup_dir)
+    except OSError:
+        pass  # the bundle is in place; the directory entry reaches the disk with the next sync
+    duration = round(time.monotonic() - started, 3)
+    logger = log.get()
+    logger.info("backup_created", name=final.name, size=manifest["database"]["bytes"], duration=duration, trigger=trigger)
+    if manifest["integrity_check"] not in ("ok", "no database"):
+        logger.warning("backup_integrity_failed", name=final.name, integrity_check=manifest["integrity_check"])
+    return final, manifest
+
+
+def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool) -> dict:
+    """Write every member except the manifest into `tmp`; returns the manifest's other keys."""
+    paths = settings.paths
+    db = tmp / DB_NAME
+    files: list[str] = []
+    checksums: dict[str, str] = {}
+    has_db = paths.db.exists()
+    if has_db:
+        if not (link_db and _link_db(paths.db, db)):
+            snapshot_db(paths.db, db, timeout=float(settings.get("backup.lock_timeout")), progress=progress)
+        files.append(DB_NAME)
+
+    # The slow parts (integrity check, hash of the DB) run beside the exports and small copies.
+    integrity: dict[str, Any] = {}
+    workers = []
+    if has_db:
+        workers = [
+            threading.Thread(target=_into, args=(integrity, "check", _integrity, db), daemon=True),
+            threading.Thread(target=_into, args=(integrity, "sha", sha256_file, db), daemon=True),
+        ]
+        for w in workers:
+            w.start()
+    try:
+        config_file = _copy_member(paths.config_file, tmp / YML_NAME, YML_NAME, files, checksums)
+        env_file = _copy_member(paths.env_file, tmp / ENV_NAME, ENV_NAME, files, checksums)
+        counts, export_error = _write_exports(db, tmp, files, checksums) if has_db else ({}, None)
+        (tmp / TEMPLATES_SUBDIR).mkdir(mode=0o700)
+        os.chmod(tmp / TEMPLATES_SUBDIR, 0o700)
+        for template in TEMPLATE_FILES:
+            rel = f"{TEMPLATES_SUBDIR}/{template}"
+            _copy_member(paths.templates_dir / template, tmp / rel, rel, files, checksums)
+        fsync_dir(tmp / TEMPLATES_SUBDIR)
+    finally:
+        for w in workers:
+            w.join()
+    for key in ("check", "sha"):
+        if isinstance(integrity.get(key), BaseException):
+            err = integrity[key]
+            raise _os_failure(err, f"reading the snapshot {db}") if isinstance(err, OSError) else err
+    if has_db:
+        checksums = {DB_NAME: integrity["sha"], **checksums}
+    size = db.stat().st_size if has_db else 0
+    manifest = {
+        "integrity_check": integrity.get("check", "no database"),
+        "database": {"path": str(paths.db.absolute()), "size": human_size(size), "bytes": size},
+        "config_file": config_file,
+        "env_file": env_file,
+        "counts": counts,
+        "files": [*files, MANIFEST_NAME],
+        "checksums": checksums,
+        "trigger": trigger,
+        "sqlite_version": sqlite3.sqlite_version,
+        "sparkq_version": _sparkq_version(),
+        "hostname": _hostname(),
+    }
+    if not has_db:
+        manifest["database"]["present"] = False
+    if export_error:
+        manifest["exports_error"] = export_error
+    return manifest
+
+
+def _into(box: dict, key: str, fn, *args) -> None:
+    try:
+        box[key] = fn(*args)
+    except BaseException as exc:  # handed back to the main thread
+        box[key] = exc
+
+
+def _write_exports(db: Path, tmp: Path, files: list[str], checksums: dict[str, str]) -> tuple[dict, str | None]:
+    """Counts and JSON exports read from the snapshot, so they agree with the bundled DB."""
+    from sparkq import storage
+
+    from .exports import render_exports
+
+    try:
+        conn = _open_readonly(db)
+        try:
+            counts = storage.counts(conn)
+            rendered = render_exports(conn)
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        # A damaged live DB is still bundled; its exports cannot be read, which the manifest says.
+        return {}, f"exports not written: {exc}"
+    for filename, data in rendered.items():
+        checksums[filename] = _write_private(tmp / filename, data)
+        files.append(filename)
+    return counts, None
+
+
+def _integrity(db: Path) -> str:
+    try:
+        conn = _open_readonly(db)
+        try:
+            conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: fewer re-reads on big databases
+            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"integrity_check could not run: {exc}"
+    return "ok" if rows == ["ok"] else "; ".join(rows)
+
+
+def _open_readonly(db: Path) -> sqlite3.Connection:
+    # immutable: the snapshot is ours alone, so no locks and never a -wal/-shm beside it
+    return sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+
+
+def _link_db(live: Path, target: Path) -> bool:
+    """Hard-link a quiescent live DB into the bundle; False means: snapshot it instead."""
+    wal = live.with_name(live.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return False
+    try:
+        os.link(live, target)
+    except OSError:
+        return False  # another filesystem, or links not allowed: fall back to a snapshot
+    os.chmod(target, 0o600)  # same inode as the live DB, which restore is about to replace
+    return True
+
+
+def _copy_member(src: Path, dst: Path, rel: str, files: list[str], checksums: dict[str, str]) -> bool:
+    """Copy `src` into the bundle as a 0600 file, hashing on the way; False when `src` is absent."""
+    try:
+        fin = open(src, "rb")
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _os_failure(exc, f"reading {src}") from None
+    digest = hashlib.sha256()
+    with fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(fd, 0o600)
+            while chunk := fin.read(_CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(fd)
+    files.append(rel)
+    checksums[rel] = digest.hexdigest()
+    return True
+
+
+def _write_private(path: Path, data: bytes) -> str:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, 0o600)
+        out.write(data)
+        out.flush()
+        os.fsync(fd)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sparkq_version() -> str | None:
+    try:
+        from sparkq import __version__
+    except ImportError:
+        return None
+    return __version__
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+# --- backup dir, names, publishing ----------------------------------------------------------
+
+
+def _ensure_backup_dir(backup_dir: Path) -> None:
+    try:
+        st = os.stat(backup_dir)
+    except FileNotFoundError:
+        try:
+            backup_dir.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(backup_dir, 0o700)
+            os.chmod(backup_dir, 0o700)
+            fsync_dir(backup_dir.parent)
+            return
+        except OSError as exc:
+            raise _os_failure(exc, f"creating the backup dir {backup_dir}") from None
+    except OSError as exc:
+        raise _os_failure(exc, f"opening the backup dir {backup_dir}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise BackupFailed(
+            f"backup failed: the backup dir {backup_dir} is not a directory; "
+            "move that file away or point backup.dir in sparkq.yml elsewhere"
+        )
+    if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != 0o700:
+        with contextlib.suppress(OSError):
+            os.chmod(backup_dir, 0o700)
+
+
+def _reserve(backup_dir: Path, base: str) -> tuple[str, Path]:
+    """Pick the first free `base[_N]` and create our temp dir for it (mkdir is the reservation)."""
+    pid = os.getpid()
+    taken = set(os.listdir(backup_dir))
+    for n in range(10_000):
+        name = base if n == 0 else f"{base}_{n}"
+        if name in taken or f"{name}.db" in taken or any(t.startswith(f".tmp-{name}-") for t in taken):
+            continue
+        tmp = backup_dir / f".tmp-{name}-{pid}"
+        try:
+            os.mkdir(tmp, 0o700)
+        except FileExistsError:  # another thread of this process took it just now
+            continue
+        os.chmod(tmp, 0o700)
+        return name, tmp
+    raise BackupFailed(f"backup failed: no free bundle name for {base} in {backup_dir}; remove stale entries")
+
+
+def _publish(tmp: Path, backup_dir: Path, name: str) -> Path:
+    """Rename `tmp` onto the first free name from `name` on; never replaces anything."""
+    match = re.fullmatch(r"(?P<base>.+_\d{8}_\d{6})(?:_(?P<n>\d+))?", name)
+    base, n = (match["base"], int(match["n"] or 0)) if match else (name, 0)
+    for _ in range(10_000):
+        final = backup_dir / name
+        try:
+            _rename_noreplace(tmp, final)
+            return final
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+        n += 1
+        name = f"{base}_{n}"
+    raise BackupFailed(f"backup failed: no free bundle name for {base} in {backup_dir}; remove stale entries")
+
+
+_renameat2: Any = None
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with EEXIST instead of replacing (renameat2 RENAME_NOREPLACE)."""
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = (fn, ctypes)
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2:
+        fn, ctypes = _renameat2
+        at_fdcwd, noreplace = -100, 1
+        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+# --- retention --------------------------------------------------------------------------------
+
+
+def _prune(backup_dir: Path, keep: int) -> tuple[list[str], list[str]]:
+    """Returns (names deleted, problems). Deletion problems are reported, never raised: the new
+    backup is already safely in place."""
+    from .catalog import scan
+
+    if not backup_dir.is_dir():
+        return [], []
+    pruned: list[str] = []
+    problems: list[str] = []
+    with retention_lock(backup_dir):
+        _remove_stale_temps(backup_dir)
+        regular, _pre_restore = scan(backup_dir)
+        for entry in regular[keep:]:
+            try:
+                _delete(entry, backup_dir)
+            except OSError as exc:
+                problems.append(f"could not delete old backup {entry.name} ({exc.strerror}); check its permissions")
+                log.get().warning("backup_prune_failed", name=entry.name, error=str(exc))
+                continue
+            pruned.append(entry.name)
+    if pruned:
+        log.get().info("backups_pruned", names=pruned, keep=keep)
+    return pruned, problems
+
+
+def _delete(entry, backup_dir: Path) -> None:
+    path = Path(entry.path)
+    if entry.format == "bundle":
+        # Hide it first (one rename), so a crash half-way never leaves half a bundle listed.
+        hidden = backup_dir / f".tmp-{path.name}-{os.getpid()}"
+        os.rename(path, hidden)
+        shutil.rmtree(hidden)
+        return
+    for extra in (entry.legacy_yml, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if extra is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(extra)
+    os.unlink(path)
+
+
+def _remove_stale_temps(backup_dir: Path) -> None:
+    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
+    for item in os.scandir(backup_dir):
+        match = _TEMP_RE.match(item.name)
+        if match and item.is_dir(follow_symlinks=False) and not _pid_alive(int(match["pid"])):
+            shutil.rmtree(item.path, ignore_errors=True)
+            log.get().info("backup_temp_removed", name=item.name)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
+# --- the snapshot and its failures ------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _LockTimeout(Exception):
+    pass
+
+
+def _check_header(src: Path) -> None:
+    try:
+        with open(src, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except IsADirectoryError:
+        raise BackupFailed(f"backup failed: {src} is a directory, not a database; check database.path in sparkq.yml") from None
+    except OSError as exc:
+        raise _os_failure(exc, f"reading the database {src}") from None
+    if head and head != _SQLITE_MAGIC:
+        raise BackupFailed(
+            f"backup failed: {src} is not a SQLite database; check database.path in sparkq.yml "
+            "or restore a backup (./sparkq.sh backup-list)"
+        )
+
+
+def _copy_db(src: Path, dst: Path, timeout: float, cancel: threading.Event) -> None:
+    try:
+        # Create it ourselves: SQLite would use 0644 minus the umask.
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        os.chmod(dst, 0o600)
+    except OSError as exc:
+        raise _os_failure(exc, f"creating the snapshot {dst}") from None
+    try:
+        source = sqlite3.connect(str(src), timeout=timeout, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _sqlite_failure(exc, src, dst, timeout) from None
+    try:
+        target = sqlite3.connect(str(dst), isolation_level=None, check_same_thread=False)
+        try:
+            # No journal and no syncs while copying into a private new file: we fsync it once after.
+            target.execute("PRAGMA journal_mode=OFF")
+            target.execute("PRAGMA synchronous=OFF")
+            deadline = time.monotonic() + timeout
+
+            def step(status: int, _remaining: int, _total: int) -> None:
+                if cancel.is_set():
+                    raise _Cancelled
+                # The busy handler already waited `timeout`; the backup loop would retry forever.
+                if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and time.monotonic() >= deadline:
+                    raise _LockTimeout
+
+            # pages=-1: one step, one read transaction, so the copy is one consistent state
+            # (a stepwise copy restarts whenever another connection commits).
+            source.backup(target, pages=-1, progress=step, sleep=0.05)
+            # The copied header keeps the source's WAL flag; a rollback-mode file stands alone.
+            target.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            target.close()
+    except _LockTimeout:
+        raise _locked(src, timeout) from None
+    except sqlite3.Error as exc:
+        raise _sqlite_failure(exc, src, dst, timeout) from None
+    finally:
+        source.close()
+
+
+def _with_progress(work, src: Path, dst: Path, cancel: threading.Event) -> None:
+    """Run `work` in a thread; show `snapshot NN%` on stderr from the size of the growing copy."""
+    total = 0
+    for p in (src, src.with_name(src.name + "-wal")):
+        with contextlib.suppress(OSError):
+            total += p.stat().st_size
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=_into, args=(box, "done", work), daemon=True)
+    worker.start()
+
+    def show(done: int) -> None:
+        pct = min(100, done * 100 // total) if total else 100
+        sys.stderr.write(f"\rbackup: snapshot {pct:3d}% ({human_size(done)} of {human_size(total)})\033[K")
+        sys.stderr.flush()
+
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+            with contextlib.suppress(OSError):
+                show(dst.stat().st_size)
+    except BaseException:
+        cancel.set()
+        worker.join()
+        raise
+    finally:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+    if isinstance(box.get("done"), BaseException):
+        raise box["done"]
+
+
+def _locked(src: Path, timeout: float) -> BackupFailed:
+    return BackupFailed(
+        f"backup failed: the database {src} stayed locked for over {timeout:g}s (backup.lock_timeout); "
+        "stop the server or the process holding the lock (./sparkq.sh stop), then retry"
+    )
+
+
+def _sqlite_failure(exc: sqlite3.Error, src: Path, dst: Path, timeout: float) -> BackupFailed:
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return _locked(src, timeout)
+    if code == sqlite3.SQLITE_NOTADB:
+        return BackupFailed(
+            f"backup failed: {src} is not a SQLite database ({exc}); check database.path in sparkq.yml "
+            "or restore a backup (./sparkq.sh backup-list)"
+        )
+    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+        return BackupFailed(
+            f"backup failed: writing the snapshot {dst} failed ({exc}): the disk is full or failing; "
+            f"check free space with `df -h {dst.parent.parent}`; older backups are untouched"
+        )
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
+        return BackupFailed(
+            f"backup failed: cannot open {src} or write {dst} ({exc}); "
+            f"check permissions with `ls -la {src.parent} {dst.parent.parent}`"
+        )
+    return BackupFailed(f"backup failed: snapshot of {src} failed ({exc}); run `./sparkq.sh status` and retry")
+
+
+def _os_failure(exc: OSError, doing: str) -> BackupFailed:
+    where = Path(exc.filename) if exc.filename else None
+    what = f"{doing} failed ({exc.strerror or exc})"
+    if exc.errno in _DISK_FULL:
+        probe = where.parent if where else Path(".")
+        return BackupFailed(f"backup failed: {what}: disk full; check free space with `df -h {probe}`; older backups are untouched")
+    if exc.errno in _NO_PERMISSION:
+        probe = where.parent if where else Path(".")
+        return BackupFailed(f"backup failed: {what} on {where}; check permissions with `ls -la {probe}`")
+    if exc.errno == errno.ENOTDIR:
+        return BackupFailed(f"backup failed: {what}: part of {where} is a file, not a directory; check backup.dir in sparkq.yml")
+    return BackupFailed(f"backup failed: {what}; check the disk and permissions of {where or 'the backup dir'}")

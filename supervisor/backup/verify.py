@@ -1,0 +1,162 @@
+"""`backup-verify`: is a backup whole? Checksums, no symlinks, and SQLite's own integrity check.
+
+Hashing the files and `PRAGMA integrity_check` of the database both mostly wait on I/O or run
+in C with the GIL released, so they run side by side in two threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import VerificationFailed
+from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
+
+_CHUNK = 1 << 20
+
+
+def verify_entry(entry: Entry) -> list[str]:
+    """Every problem found in `entry`; an empty list means the backup is good."""
+    if entry.path.is_symlink():
+        return [f"{entry.name} is a symlink; refusing it"]
+    problems: list[str] = []
+    if entry.format == "bundle":
+        if entry.damaged:
+            problems.append(entry.damaged)
+        problems += _symlinks_and_oddities(entry)
+    checksums = (entry.manifest or {}).get("checksums") or {}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparkq-verify") as pool:
+        hashed = pool.submit(_check_checksums, entry, checksums)
+        checked = pool.submit(_check_database, entry)
+        problems += hashed.result() + checked.result()
+    return list(dict.fromkeys(problems))  # the same symlink can be found by two checks
+
+
+def _symlinks_and_oddities(entry: Entry) -> list[str]:
+    """Symlinks (never followed) and anything that is neither a file nor a folder."""
+    problems = []
+    for top, dirs, files in os.walk(entry.path):
+        base = Path(top)
+        for name in sorted(dirs + files):
+            path = base / name
+            rel = path.relative_to(entry.path).as_posix()
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError as exc:
+                problems.append(f"{rel} cannot be read ({exc.strerror})")
+                continue
+            if stat.S_ISLNK(mode):
+                problems.append(f"{entry.name}/{rel} is a symlink; refusing it (pick another backup)")
+            elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                problems.append(f"{rel} is not a regular file")
+        dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
+    return problems
+
+
+def _check_checksums(entry: Entry, checksums: dict) -> list[str]:
+    problems = []
+    for rel, expected in sorted(checksums.items()):
+        try:
+            path = entry.member(rel)
+        except VerificationFailed as exc:
+            problems.append(str(exc))
+            continue
+        if path is None:
+            problems.append(f"{rel} is missing (listed in the manifest's checksums)")
+            continue
+        try:
+            actual = sha256_file(path)
+        except (OSError, VerificationFailed) as exc:
+            problems.append(f"{rel} cannot be read ({exc})")
+            continue
+        if actual != expected.lower():
+            problems.append(f"{rel}: checksum mismatch (the file changed since the backup was taken)")
+    return problems
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a regular file, refusing symlinks and special files (a FIFO would block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VerificationFailed(f"{path} is not a regular file")
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_database(entry: Entry) -> list[str]:
+    import sqlite3
+
+    try:
+        db = entry.db_file
+        wal = entry.wal_file if db is not None else None
+    except VerificationFailed as exc:
+        return [str(exc)]
+    shown = entry.name if entry.format == "legacy" else f"{entry.name}/{DB_NAME}"
+    if db is None:
+        return [f"{shown} is missing"]
+    try:
+        with open_backup_db(db, wal) as conn:
+            rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+    except (sqlite3.Error, OSError) as exc:
+        return [f"{shown} is not a readable SQLite database ({exc})"]
+    if rows != ["ok"]:
+        more = f" (+{len(rows) - 3} more)" if len(rows) > 3 else ""
+        return [f"{shown}: integrity_check failed: {'; '.join(str(r) for r in rows[:3])}{more}"]
+    return []
+
+
+@dataclass
+class VerifyReport:
+    results: list[dict] = field(default_factory=list)
+    message: str | None = None  # said instead of the results when there was nothing to check
+
+    @property
+    def checked(self) -> int:
+        return len(self.results)
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for r in self.results if not r["ok"])
+
+    @property
+    def exit_code(self) -> int:
+        return VerificationFailed.exit_code if self.failed else 0
+
+    def to_dict(self) -> dict:
+        return {"results": self.results, "checked": self.checked, "failed": self.failed}
+
+    def text(self) -> str:
+        if not self.results:
+            return self.message or "No backups found"
+        lines = [
+            f"ok  {r['name']}" if r["ok"] else f"FAILED {r['name']}: {'; '.join(r['problems'])}"
+            for r in self.results
+        ]
+        lines.append(f"{self.checked} checked, {self.failed} failed")
+        if self.failed:
+            lines.append("Do not restore a failed backup; pick one marked ok (see ./sparkq.sh backup-list)")
+        return "\n".join(lines)
+
+
+def verify_backups(settings, ref: str | None, *, all_: bool = False) -> VerifyReport:
+    """Verify backup `ref`, the newest regular backup (no ref), or every backup (`all_`)."""
+    from .. import log
+
+    if ref is not None and not all_:
+        entries = [resolve(settings, ref)]
+    else:
+        regular, pre = scan(settings.paths.backup_dir)
+        entries = regular + pre if all_ else regular[:1]
+    report = VerifyReport()
+    for entry in entries:
+        problems = verify_entry(entry)
+        report.results.append({"name": entry.name, "ok": not problems, "problems": problems})
+        log.get().info("backup_verified", backup=entry.name, ok=not problems, problems=len(problems))
+    return report

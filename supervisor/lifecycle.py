@@ -1,0 +1,475 @@
+"""start / run / restart / stop / status of the SparkQ server, with the pre-start backup hook.
+
+start, stop and restart hold the supervisor lock for their whole length, so they (and restore)
+never interleave; `run` holds it only until the server is healthy, so `status` and `stop` work
+from another shell while it runs. `status` never takes the lock and never writes a backup.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from . import log, process
+from .errors import SparkqError, StartFailed
+from .locking import supervisor_lock
+
+_EXPOSED_HOSTS = ("0.0.0.0", "::", "")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StartResult:
+    pid: int
+    url: str
+    already_running: bool = False
+    backup: dict | None = None
+    backup_text: str | None = None
+    stopped_pid: int | None = None  # restart: the server that was stopped first
+    notices: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = list(self.notices)
+        if self.already_running:
+            return "\n".join([*lines, f"already running (PID {self.pid}, {self.url})"])
+        if self.stopped_pid is not None:
+            lines.append(f"stopped (PID {self.stopped_pid})")
+        if self.backup_text:
+            lines.append(self.backup_text)
+        lines.append(f"started (PID {self.pid}, {self.url})")
+        return "\n".join(lines)
+
+
+@dataclass
+class StopResult:
+    was_running: bool
+    pid: int | None = None
+    forced: bool = False  # SIGKILL was needed
+    seconds: float = 0.0
+    notice: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [self.notice] if self.notice else []
+        if not self.was_running:
+            lines.append("not running")
+        elif self.forced:
+            lines.append(f"stopped (PID {self.pid}) with SIGKILL: it ignored SIGTERM for "
+                         f"{self.seconds:.0f}s (server.stop_timeout)")
+        else:
+            lines.append(f"stopped (PID {self.pid}, {self.seconds:.1f}s)")
+        return "\n".join(lines)
+
+
+@dataclass
+class StatusResult:
+    running: bool
+    pid: int | None = None
+    started_at: str | None = None
+    uptime_s: float | None = None
+    url: str | None = None
+    health: dict | str | None = None
+    db_path: str = ""
+    db_size: int | None = None
+    newest_backup: str | None = None
+    newest_backup_age_s: float | None = None
+    notice: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        from .errors import NOT_RUNNING, OK
+
+        return OK if self.running else NOT_RUNNING
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def text(self) -> str:
+        lines = [self.notice] if self.notice else []
+        if self.running:
+            lines.append(f"running (PID {self.pid}, up {_duration(self.uptime_s)}) at {self.url}")
+            lines.append(f"  health:   {_health_text(self.health)}")
+        else:
+            lines.append("stopped")
+        size = f" ({_size(self.db_size)})" if self.db_size is not None else " (does not exist yet)"
+        lines.append(f"  database: {self.db_path}{size}")
+        if self.newest_backup:
+            lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
+        else:
+            lines.append("  newest backup: none")
+        return "\n".join(lines)
+
+
+# --- start / restart -------------------------------------------------------------------------
+
+
+def start(settings, *, skip_backup: bool = False) -> StartResult:
+    with supervisor_lock(settings.paths.lockfile):
+        return _start_locked(settings, trigger="start", skip_backup=skip_backup)
+
+
+def restart(settings, *, skip_backup: bool = False) -> StartResult:
+    with supervisor_lock(settings.paths.lockfile):
+        info, _ = process.identify(settings.paths)
+        if info is not None and info.mode == "run" and _alive(info.supervisor_pid):
+            raise SparkqError(
+                f"the server (PID {info.pid}) is run in the foreground by PID {info.supervisor_pid} "
+                "(systemd or a terminal); restart it there, e.g. systemctl restart sparkq"
+            )
+        stopped = _stop_locked(settings)
+        if stopped.was_running and not process.wait_port_free(
+                settings.host, settings.port, float(settings.get("server.start_timeout"))):
+            raise StartFailed(f"port {settings.port} is still in use after the server stopped; "
+                              "find the program holding it (ss -ltnp) and stop it")
+        result = _start_locked(settings, trigger="restart", skip_backup=skip_backup,
+                               notices=[stopped.notice] if stopped.notice else [])
+        if stopped.was_running:
+            result.stopped_pid = stopped.pid
+        return result
+
+
+def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[str] | None = None) -> StartResult:
+    """Start the server detached; the caller holds the supervisor lock."""
+    notices = list(notices or [])
+    info, stale = process.identify(settings.paths)
+    if stale:
+        notices.append(stale)
+    if info is not None:
+        return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
+    settings = _prepare(settings, notices)
+    backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
+    spawned = process.spawn(settings)
+    try:
+        process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
+        info = _record(settings, spawned, mode="start")
+    except BaseException:
+        _discard(settings, spawned)
+        raise
+    log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)
+    return StartResult(pid=info.pid, url=info.url, backup=backup, backup_text=backup_text, notices=notices)
+
+
+def _prepare(settings, notices: list[str]):
+    """First-run set-up, exposure warning and port check: everything before the backup."""
+    paths = settings.paths
+    if not paths.db.exists():
+        from .setup import run_setup
+
+        result = run_setup(settings)
+        wrote = f"; wrote {', '.join(result.wrote)}" if result.wrote else ""
+        notices.append(f"first run: created the database {paths.db}{wrote}")
+        log.get().info("first_run_setup", db=str(paths.db), wrote=result.wrote)
+        if paths.config_file.name in result.wrote:
+            from . import config
+
+            settings = config.load(paths.config_file, root=paths.root)
+    if settings.host in _EXPOSED_HOSTS:
+        log.get().warning("server_exposed", host=settings.host,
+                          hint="the server is reachable from the network; set server.host: 127.0.0.1 "
+                               "in sparkq.yml to keep it local")
+    if process.port_in_use(settings.host, settings.port):
+        raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
+                          "stop that program or set server.port in sparkq.yml")
+    return settings
+
+
+def _pre_start_backup(settings, trigger: str, skip_backup: bool) -> tuple[dict | None, str | None]:
+    if skip_backup:
+        log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
+                          hint="no backup of the current state was taken")
+        return None, "backup skipped (--skip-backup)"
+    from .backup.create import create_backup
+
+    log.get().info("pre_start_backup", trigger=trigger)
+    try:
+        result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True)
+    except SparkqError as exc:
+        exc.args = (f"server not started: the pre-start backup failed: {exc}",)
+        raise
+    as_dict = result.to_dict() if hasattr(result, "to_dict") else None
+    text = result.text() if hasattr(result, "text") else None
+    if getattr(result, "skipped", False) and not text:
+        text = getattr(result, "notice", None)
+    return as_dict, text
+
+
+def _record(settings, spawned: process.Spawned, *, mode: str, supervisor_pid: int | None = None):
+    pid = spawned.proc.pid
+    create_time, cmdline = process.process_identity(pid)
+    info = process.PidInfo(
+        pid=pid, create_time=create_time, argv=spawned.argv, host=settings.host, port=settings.port,
+        started_at=process.now_iso(), url=settings.base_url, mode=mode, supervisor_pid=supervisor_pid,
+        cmdline=cmdline,
+    )
+    process.write_pidfile(settings.paths, info)
+    return info
+
+
+def _discard(settings, spawned: process.Spawned) -> None:
+    """A start that failed: kill whatever it left, leave no pidfile."""
+    proc = spawned.proc
+    if proc.poll() is None or process.group_members(proc.pid):
+        process.kill_group(proc.pid, reap=proc.poll)
+    proc.wait()
+    process.remove_pidfile(settings.paths, proc.pid)
+    log.get().error("server_start_failed", pid=proc.pid, status=proc.returncode)
+
+
+# --- stop ------------------------------------------------------------------------------------
+
+
+def stop(settings) -> StopResult:
+    with supervisor_lock(settings.paths.lockfile):
+        return _stop_locked(settings)
+
+
+def _stop_locked(settings) -> StopResult:
+    paths = settings.paths
+    info, stale = process.identify(paths)
+    if info is None:
+        return StopResult(was_running=False, notice=stale)
+    began = time.monotonic()
+    forced = _terminate(info.pid, float(settings.get("server.stop_timeout")))
+    process.remove_pidfile(paths, info.pid)
+    seconds = time.monotonic() - began
+    log.get().info("server_stopped", pid=info.pid, forced=forced, seconds=round(seconds, 3))
+    return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale)
+
+
+def _terminate(pid: int, timeout: float, reap=None) -> bool:
+    import os
+
+    pgid = process.pgid_of(pid)
+    if pgid != pid or pgid == os.getpgrp():
+        # Not the leader of its own group (we always start it as one): signal it alone rather
+        # than a group that may hold unrelated processes.
+        return _terminate_one(pid, timeout)
+    return process.terminate_group(pgid, timeout, reap)
+
+
+def _terminate_one(pid: int, timeout: float) -> bool:
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(timeout)
+        return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        return True
+
+
+# --- run (foreground) ------------------------------------------------------------------------
+
+
+class _Forwarder:
+    """Forward SIGTERM/SIGINT to the server's process group; remember that a stop was asked."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, notifier, stop_timeout: float):
+        self.notifier = notifier
+        self.stop_timeout = stop_timeout
+        self.pgid: int | None = None
+        self.stopping = False
+        self.deadline: float | None = None
+        self.previous: dict = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def attach(self, pgid: int) -> None:
+        self.pgid = pgid
+        if self.stopping:  # a signal came before the server existed
+            self._forward(signal.SIGTERM)
+
+    def _handle(self, signum, _frame) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.notifier.send("STOPPING=1")
+            self.deadline = time.monotonic() + self.stop_timeout
+        if self.pgid is not None:
+            self._forward(signum)
+
+    def _forward(self, signum: int) -> None:
+        try:
+            process.signal_group(self.pgid, signum)
+        except SparkqError:
+            pass
+        log.get().info("signal_forwarded", signal=signal.Signals(signum).name, pgid=self.pgid)
+
+
+def run(settings, *, skip_backup: bool = False) -> int:
+    """Run the server as a child in the foreground; return its exit status."""
+    from .systemd import Notifier
+
+    paths = settings.paths
+    notifier = Notifier.from_env()
+    forwarder = _Forwarder(notifier, float(settings.get("server.stop_timeout")))
+    notices: list[str] = []
+    with supervisor_lock(paths.lockfile):
+        info, stale = process.identify(paths)
+        if stale:
+            print(f"sparkq: {stale}", file=sys.stderr)
+        if info is not None:
+            raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
+        notifier.send("STATUS=pre-start backup")
+        with notifier.extend_timeout(120, every=20):
+            settings = _prepare(settings, notices)
+            _backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
+        for line in [*notices, backup_text]:
+            if line:
+                print(line, file=sys.stderr)
+        notifier.send("STATUS=starting the server")
+        forwarder.install()
+        try:
+            spawned = process.spawn(settings)
+            forwarder.attach(spawned.proc.pid)
+            ready = process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")),
+                                         stop_requested=lambda: forwarder.stopping)
+            if not isinstance(ready, int):
+                info = _record(settings, spawned, mode="run", supervisor_pid=_own_pid())
+        except BaseException:
+            forwarder.restore()
+            if "spawned" in locals():
+                _discard(settings, spawned)
+            raise
+    try:
+        if not isinstance(ready, int):
+            notifier.send("READY=1", f"MAINPID={_own_pid()}", f"STATUS=serving at {info.url}")
+            print(f"SparkQ is running (PID {info.pid}, {info.url}); Ctrl-C stops it", file=sys.stderr)
+            log.get().info("server_started", pid=info.pid, url=info.url, trigger="run")
+        rc = _wait_child(spawned.proc, forwarder)
+    finally:
+        forwarder.restore()
+        if process.group_members(spawned.proc.pid):  # its own children outlived it
+            process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
+        process.remove_pidfile(paths, spawned.proc.pid)
+        if not forwarder.stopping:
+            notifier.send("STOPPING=1")
+    status = process.to_exit_status(rc)
+    log.get().info("server_exited", pid=spawned.proc.pid, status=status, requested=forwarder.stopping)
+    return status
+
+
+def _wait_child(proc: subprocess.Popen, forwarder: _Forwarder) -> int:
+    killed = False
+    while True:
+        try:
+            return proc.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if forwarder.deadline is not None and not killed and time.monotonic() > forwarder.deadline:
+                killed = True
+                process.kill_group(proc.pid, reap=proc.poll)
+
+
+def _own_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def status(settings) -> StatusResult:
+    """Report, never change anything (except dropping a stale pidfile); fast: no DB opened."""
+    paths = settings.paths
+    info, stale = process.identify(paths)
+    result = StatusResult(running=info is not None, db_path=str(paths.db), notice=stale)
+    try:
+        result.db_size = paths.db.stat().st_size
+    except OSError:
+        pass
+    if info is not None:
+        result.pid, result.url, result.started_at = info.pid, info.url, info.started_at
+        result.uptime_s = round(max(0.0, time.time() - info.create_time), 1)
+        health_path = settings.get("server.health_url")
+        url = health_path if health_path.startswith("http") else info.url.rstrip("/") + health_path
+        ok, body = process.probe_health(url, timeout=1.0)
+        result.health = body if ok else f"no healthy answer from {url}: {body}"
+    result.newest_backup, result.newest_backup_age_s = _newest_backup(paths.backup_dir)
+    return result
+
+
+def _newest_backup(backup_dir) -> tuple[str | None, float | None]:
+    from datetime import datetime, timezone
+
+    try:
+        from .backup.catalog import scan
+    except ImportError:
+        return None, None
+    try:
+        regular, _pre_restore = scan(backup_dir)
+    except Exception as exc:  # noqa: BLE001 - status reports; a bad backup dir must not break it
+        log.get().warning("backup_scan_failed", dir=str(backup_dir), error=str(exc))
+        return None, None
+    if not regular:
+        return None, None
+    newest = regular[0]
+    age = (datetime.now(timezone.utc) - newest.created_at).total_seconds()
+    return newest.name, round(max(age, 0.0), 1)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _health_text(health) -> str:
+    if isinstance(health, dict):
+        state = health.get("status", "ok")
+        rest = ", ".join(f"{k} {v}" for k, v in health.items() if k not in ("status", "pid"))
+        return f"{state} ({rest})" if rest else str(state)
+    return str(health)

@@ -1,0 +1,131 @@
+"""systemd integration: render the unit files for this install, and sd_notify for `sparkq run`.
+
+The unit templates live in systemd/ at the top of the checkout, with @PLACEHOLDERS@ that
+`render_unit` fills in (absolute paths, the user, timeouts derived from sparkq.yml).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from . import log
+from .errors import UsageError
+from .paths import CODE_ROOT
+
+
+def _template_dir(root: Path) -> Path:
+    for candidate in (root / "systemd", CODE_ROOT / "systemd"):
+        if (candidate / "sparkq.service").is_file():
+            return candidate
+    raise UsageError(f"unit templates not found in {CODE_ROOT / 'systemd'}; reinstall SparkQ from its checkout")
+
+
+def _escape(value: str) -> str:
+    """A path as systemd reads it: `%` starts a specifier, whitespace splits words."""
+    if any(c in value for c in "\n\"\\"):
+        raise UsageError(f"path {value!r} cannot be written into a systemd unit; move SparkQ to a plainer path")
+    value = value.replace("%", "%%")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def _within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def render_unit(settings, user: bool = False) -> str:
+    """The system unit (or with `user`, the user unit) for this install, ready to install."""
+    import pwd
+
+    paths = settings.paths
+    root = paths.root.resolve()
+    name = "sparkq-user.service" if user else "sparkq.service"
+    text = (_template_dir(root) / name).read_text(encoding="utf-8")
+
+    # The server writes the DB, backups, logs, and (on restore) sparkq.yml and .env in the root;
+    # sparkq.sh may (re)install .venv there. A DB or backup dir outside the root is added; the
+    # leading '-' keeps a missing one from failing the start.
+    writable = [_escape(str(root))]
+    for extra in (paths.db.parent, paths.backup_dir, paths.config_file.parent):
+        extra = extra.resolve()
+        if not _within(extra, root):
+            writable.append("-" + _escape(str(extra)))
+    env_lines = ""
+    if paths.config_file.resolve() != root / "sparkq.yml":
+        env_lines = f"Environment={_escape('SPARKQ_CONFIG=' + str(paths.config_file.resolve()))}\n"
+
+    stop_timeout = float(settings.get("server.stop_timeout"))
+    start_timeout = float(settings.get("server.start_timeout"))
+    values = {
+        "@ROOT@": _escape(str(root)),
+        "@EXEC@": _escape(str(root / "sparkq.sh")),
+        "@USER@": pwd.getpwuid(os.getuid()).pw_name,
+        "@READ_WRITE_PATHS@": " ".join(writable),
+        "@ENVIRONMENT@\n": env_lines,
+        # `run` escalates to SIGKILL itself after stop_timeout; systemd must wait longer than that.
+        "@TIMEOUT_STOP_SEC@": str(int(max(30, stop_timeout + 20))),
+        # the first run may install .venv; `run` extends this while the pre-start backup runs.
+        "@TIMEOUT_START_SEC@": str(int(max(600, start_timeout + 120))),
+    }
+    # The template's own header says how to render it; the rendered unit says where it came from.
+    body = text[text.index("[Unit]"):]
+    for key, value in values.items():
+        body = body.replace(key, value)
+    kind = "user" if user else "system"
+    return f"# SparkQ {kind} unit for {root}, written by `sparkq systemd-unit{' --user' if user else ''}`.\n{body}"
+
+
+# --- sd_notify -------------------------------------------------------------------------------
+
+
+class Notifier:
+    """Send sd_notify datagrams to $NOTIFY_SOCKET; does nothing when it is unset."""
+
+    def __init__(self, address: str | None):
+        if address and address.startswith("@"):
+            address = "\0" + address[1:]  # abstract namespace
+        self.address = address or None
+
+    @classmethod
+    def from_env(cls) -> "Notifier":
+        return cls(os.environ.get("NOTIFY_SOCKET"))
+
+    def send(self, *fields: str) -> None:
+        if not self.address:
+            return
+        message = "\n".join(fields).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(message, self.address)
+        except OSError as exc:
+            log.get().warning("sd_notify_failed", socket=self.address, error=str(exc))
+
+    def extend_timeout(self, seconds: float, every: float = 10.0):
+        """While the block runs, keep asking systemd for `seconds` more start time."""
+        return _Extender(self, seconds, every)
+
+
+class _Extender:
+    def __init__(self, notifier: Notifier, seconds: float, every: float):
+        self.notifier, self.seconds, self.every = notifier, seconds, every
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def _loop(self) -> None:
+        while True:
+            self.notifier.send(f"EXTEND_TIMEOUT_USEC={int(self.seconds * 1_000_000)}")
+            if self.done.wait(self.every):
+                return
+
+    def __enter__(self):
+        if self.notifier.address:
+            self.thread = threading.Thread(target=self._loop, name="sd-notify-extend", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()

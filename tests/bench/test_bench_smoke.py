@@ -1,0 +1,34 @@
+"""Smoke test of the benchmark harness: its smallest mode runs end to end and prints ratios.
+
+No timing is asserted: CI machines vary and the numbers belong in docs/PERFORMANCE.md.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO, base_env
+
+
+def test_bench_quick_smallest_mode_prints_ratios_and_cleans_up(tmp_path):
+    out = tmp_path / "out"
+    result_file = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--size", "5", "--pairs", "1",
+         "--out", str(out), "--json", str(result_file)],
+        cwd=REPO,
+        env=base_env(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ratio_lines = [line for line in proc.stdout.splitlines() if "ratio" in line]
+    assert len(ratio_lines) >= 6, proc.stdout
+    assert "| Measure |" in proc.stdout  # the markdown table
+    doc = json.loads(result_file.read_text())
+    assert {row["verdict"] for row in doc["rows"]} <= {"PASS", "MISS", "info"}
+    assert list(out.iterdir()) == []  # temp databases and projects removed
