@@ -160,7 +160,7 @@ def _disk(work: Path) -> dict:
     for candidate in (name, name.rstrip("0123456789")):
         f = Path(f"/sys/block/{candidate}/queue/rotational")
         if f.exists():
-            rotational = "hdd" if f.read_text().strip() == "1" else "ssd/virtual"
+            rotational = "rotational" if f.read_text().strip() == "1" else "non-rotational"
             break
     return {"disk_device": best[0], "disk_fs": best[2], "disk_kind": rotational,
             "disk_free_gib": round(usage.free / 2**30, 1), "work_dir": str(work)}

@@ -155,6 +155,9 @@ def systemd_unit(user: bool = typer.Option(False, "--user", help="Print the user
     print(render_unit(_settings(lenient=True), user=user), end="")
 
 
+# Backup refs such as "-1" must reach the resolver (which explains them), not click's option parser.
+_REFS = {"ignore_unknown_options": True}
+
 # --- backups --------------------------------------------------------------------------------
 
 
@@ -174,7 +177,7 @@ def backup_list(as_json: bool = JsonOpt) -> None:
     _emit(list_backups(_settings(lenient=True)), as_json)
 
 
-@app.command("backup-show")
+@app.command("backup-show", context_settings=_REFS)
 def backup_show(
     ref: str = typer.Argument(..., metavar="N|NAME", help="Backup number from backup-list, or its name."),
     as_json: bool = JsonOpt,
@@ -185,7 +188,7 @@ def backup_show(
     _emit(show_backup(_settings(lenient=True), ref), as_json)
 
 
-@app.command("backup-verify")
+@app.command("backup-verify", context_settings=_REFS)
 def backup_verify(
     ref: Optional[str] = typer.Argument(None, metavar="[N|NAME]", help="Default: the newest backup."),
     all_: bool = typer.Option(False, "--all", help="Verify every backup, pre-restore bundles included."),
@@ -210,7 +213,7 @@ class Scope(str, Enum):
     templates = "templates"
 
 
-@app.command("backup-restore")
+@app.command("backup-restore", context_settings=_REFS)
 def backup_restore(
     ref: str = typer.Argument(..., metavar="N|NAME", help="Backup number from backup-list, or its name."),
     action: Optional[str] = typer.Argument(None, metavar="[export-prompts]", help="Print the prompts JSON instead."),
@@ -269,7 +272,7 @@ class ExportKind(str, Enum):
     projects = "projects"
 
 
-@app.command("backup-export")
+@app.command("backup-export", context_settings=_REFS)
 def backup_export(
     kind: ExportKind = typer.Argument(..., help="What to print."),
     ref: str = typer.Argument(..., metavar="N|NAME", help="Backup number from backup-list, or its name."),

@@ -13,16 +13,21 @@ import os
 import sys
 from pathlib import Path
 
-import structlog
-
+_pending: dict | None = None
 _configured = False
 
 
 def setup(log_file: Path | None = None, *, verbose: bool = False) -> None:
-    global _configured
-    if _configured:
-        return
-    _configured = True
+    """Remember where to log; structlog is imported and configured on the first event only, so
+    commands that log nothing (status, backup-list) do not pay for it."""
+    global _pending
+    if _pending is None:
+        _pending = {"log_file": log_file, "verbose": verbose}
+
+
+def _configure(log_file: Path | None, verbose: bool) -> None:
+    import structlog
+
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -73,6 +78,16 @@ def setup(log_file: Path | None = None, *, verbose: bool = False) -> None:
 
 
 def get(name: str = "sparkq"):
+    import structlog
+
+    global _configured
+    if not _configured:
+        _configured = True
+        # Someone else (a test's capture_logs, an embedding program) configured it: keep theirs.
+        if not structlog.is_configured():
+            settings = _pending or {"log_file": None, "verbose": False}
+            _configure(settings["log_file"], settings["verbose"])
+
     return structlog.get_logger(name)
 
 

@@ -10,6 +10,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from urllib.parse import quote
 
 from . import log
 from .errors import UsageError
@@ -51,15 +52,19 @@ def render_unit(settings, user: bool = False) -> str:
     for extra in (paths.db.parent, paths.backup_dir, paths.config_file.parent):
         extra = extra.resolve()
         if not _within(extra, root):
-            writable.append("-" + _escape(str(extra)))
+            writable.append(_escape("-" + str(extra)))
     env_lines = ""
     if paths.config_file.resolve() != root / "sparkq.yml":
         env_lines = f"Environment={_escape('SPARKQ_CONFIG=' + str(paths.config_file.resolve()))}\n"
 
     stop_timeout = float(settings.get("server.stop_timeout"))
     start_timeout = float(settings.get("server.start_timeout"))
+    # PrivateTmp= mounts an empty /tmp: an install under /tmp would vanish from the service's view.
+    in_tmp = any(_within(root, Path(t)) for t in ("/tmp", "/var/tmp"))
     values = {
-        "@ROOT@": _escape(str(root)),
+        "@DOC@": _escape("file:" + quote(str(root / "README.md"))),
+        "@WORKDIR@": str(root).replace("%", "%%"),  # taken verbatim: no quotes here
+        "@PRIVATE_TMP@": "no" if in_tmp else "yes",
         "@EXEC@": _escape(str(root / "sparkq.sh")),
         "@USER@": pwd.getpwuid(os.getuid()).pw_name,
         "@READ_WRITE_PATHS@": " ".join(writable),

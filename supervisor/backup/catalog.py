@@ -26,7 +26,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
-from ..errors import BackupNotFound, UsageError, VerificationFailed
+from ..errors import BackupNotFound, SparkqError, UsageError, VerificationFailed
 
 REGULAR = "regular"
 PRE_RESTORE = "pre_restore"
@@ -239,7 +239,7 @@ def scan(backup_dir: Path) -> tuple[list[Entry], list[Entry]]:
     except (FileNotFoundError, NotADirectoryError):
         return [], []
     except OSError as exc:
-        raise BackupNotFound(f"cannot read the backup dir {backup_dir} ({exc.strerror}); check its permissions")
+        raise SparkqError(f"cannot read the backup dir {backup_dir} ({exc.strerror}); check its permissions")
     for item in items:
         entry = _entry_of(item)
         if entry is not None:

@@ -684,8 +684,9 @@ def _sqlite_failure(exc: sqlite3.Error, src: Path, dst: Path, timeout: float) ->
         )
     if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
         return BackupFailed(
-            f"backup failed: writing the snapshot {dst} failed ({exc}): the disk is full or failing; "
-            f"check free space with `df -h {dst.parent.parent}`; older backups are untouched"
+            f"backup failed: writing the snapshot of {src} into {dst.parent.parent} failed ({exc}): "
+            f"the disk is full or failing; check free space with `df -h {dst.parent.parent}`; "
+            "older backups are untouched"
         )
     if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_AUTH):
         return BackupFailed(
@@ -697,13 +698,15 @@ def _sqlite_failure(exc: sqlite3.Error, src: Path, dst: Path, timeout: float) ->
 
 def _os_failure(exc: OSError, doing: str) -> BackupFailed:
     where = Path(exc.filename) if exc.filename else None
-    what = f"{doing} failed ({exc.strerror or exc})"
+    what = f"{doing} failed ({exc.strerror or exc}"
+    what += f": {where})" if where is not None and str(where) not in doing else ")"
+    probe = where.parent if where is not None else Path(".")
     if exc.errno in _DISK_FULL:
-        probe = where.parent if where else Path(".")
-        return BackupFailed(f"backup failed: {what}: disk full; check free space with `df -h {probe}`; older backups are untouched")
+        return BackupFailed(f"backup failed: {what}: disk full; check free space with `df -h {probe}`; "
+                            "older backups are untouched")
     if exc.errno in _NO_PERMISSION:
-        probe = where.parent if where else Path(".")
-        return BackupFailed(f"backup failed: {what} on {where}; check permissions with `ls -la {probe}`")
+        return BackupFailed(f"backup failed: {what}; check permissions with `ls -la {probe}`")
     if exc.errno == errno.ENOTDIR:
-        return BackupFailed(f"backup failed: {what}: part of {where} is a file, not a directory; check backup.dir in sparkq.yml")
-    return BackupFailed(f"backup failed: {what}; check the disk and permissions of {where or 'the backup dir'}")
+        return BackupFailed(f"backup failed: {what}: part of that path is a file, not a directory; "
+                            "check backup.dir in sparkq.yml")
+    return BackupFailed(f"backup failed: {what}; check the disk and the permissions there")

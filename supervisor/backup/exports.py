@@ -57,7 +57,7 @@ def render_exports(conn: sqlite3.Connection) -> dict[str, bytes]:
 def export_json(settings, ref: str, kind: str) -> str:
     """The export `kind` of backup `ref`, as JSON text: the bundle's file, else read from its DB."""
     from ..errors import VerificationFailed
-    from .catalog import resolve
+    from .catalog import open_backup_db, resolve
 
     entry = resolve(settings, ref)
     filename = EXPORTS[kind][0]
@@ -73,10 +73,8 @@ def export_json(settings, ref: str, kind: str) -> str:
     db = entry.db_file
     if db is None:
         raise VerificationFailed(f"backup {entry.name} has neither {filename} nor a database to read it from")
-    conn = sqlite3.connect(f"file:{db}?mode=ro&immutable=1", uri=True)
     try:
-        return to_json(rows(conn, kind))
+        with open_backup_db(db, entry.wal_file) as conn:
+            return to_json(rows(conn, kind))
     except sqlite3.DatabaseError as exc:
         raise VerificationFailed(f"{db}: cannot be read ({exc}); try another backup") from None
-    finally:
-        conn.close()

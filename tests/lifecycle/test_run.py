@@ -1,0 +1,103 @@
+"""`sparkq run`: the server as a foreground child, signals forwarded, sd_notify to systemd."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+
+import pytest
+
+from helpers import SPARKQ_BIN, wait_until
+
+
+def _run(project, env=None) -> subprocess.Popen:
+    return project.popen(str(SPARKQ_BIN), "run", "--skip-backup", stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env or {})
+
+
+def _wait_ready(project, fake, proc) -> int:
+    def ready():
+        assert proc.poll() is None, proc.communicate()
+        return project.pidfile.exists() and json.loads(project.pidfile.read_text())["pid"]
+
+    pid = wait_until(ready, what="run to write the pidfile")
+    project.reaper.add(pid)
+    return pid
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_run_forwards_the_signal_and_exits_with_the_servers_status(project, fake, sig):
+    proc = _run(project)
+    pid = _wait_ready(project, fake, proc)
+    info = json.loads(project.pidfile.read_text())
+    assert info["mode"] == "run" and info["supervisor_pid"] == proc.pid
+
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert f"fake server got signal {int(sig)}" in fake.log_text()
+    assert fake.gone(pid) and not project.pidfile.exists()
+
+
+def test_run_returns_the_childs_own_exit_status(project, fake):
+    fake.configure("exit-on-term=7")
+    proc = _run(project)
+    _wait_ready(project, fake, proc)
+    proc.terminate()
+    proc.communicate(timeout=20)
+    assert proc.returncode == 7
+
+
+def test_sd_notify_ready_and_stopping_and_stop_from_another_shell(project, fake):
+    name = f"sparkq-test-{os.getpid()}-{project.port}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(20)
+        proc = _run(project, env={"NOTIFY_SOCKET": "@" + name})
+        messages = []
+        while not any("READY=1" in m for m in messages):
+            messages.append(sock.recv(4096).decode())
+        assert any(m.startswith("EXTEND_TIMEOUT_USEC=") for m in messages)
+        ready = next(m for m in messages if "READY=1" in m)
+        assert f"MAINPID={proc.pid}" in ready.split("\n")
+        server = json.loads(project.pidfile.read_text())["pid"]
+        project.reaper.add(server)
+
+        # The lock is released once healthy: status and stop work from another shell.
+        status = project.cli("status", "--json")
+        assert status.returncode == 0 and json.loads(status.stdout)["pid"] == server
+        stopped = project.cli("stop")
+        assert stopped.returncode == 0 and f"stopped (PID {server}" in stopped.stdout
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+        assert sock.recv(4096).decode() == "STOPPING=1"
+    assert not project.pidfile.exists()
+
+
+def test_run_refuses_when_already_running(project, fake):
+    assert project.cli("start", "--skip-backup").returncode == 0
+    result = project.cli("run", "--skip-backup", timeout=30)
+    assert result.returncode == 1 and "already running" in result.stderr
+    assert fake.spawn_count() == 1
+
+
+def test_run_with_a_server_failing_at_boot(project, fake):
+    fake.configure("boot-fail")
+    result = project.cli("run", "--skip-backup", timeout=30)
+    assert result.returncode == 1
+    assert "boom: cannot open the widget store" in result.stderr
+    assert not project.pidfile.exists()
+
+
+def test_restart_refuses_a_server_run_in_the_foreground(project, fake):
+    proc = _run(project)
+    pid = _wait_ready(project, fake, proc)
+    result = project.cli("restart", "--skip-backup")
+    assert result.returncode == 1 and "systemctl restart" in result.stderr
+    assert not fake.gone(pid)
+    proc.terminate()
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
