@@ -7,9 +7,12 @@ from another shell while it runs. `status` never takes the lock and never writes
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -146,17 +149,35 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
         notices.append(stale)
     if info is not None:
         return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
-    settings = _prepare(settings, notices)
-    backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
-    spawned = process.spawn(settings)
-    try:
-        process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
-        info = _record(settings, spawned, mode="start")
-    except BaseException:
-        _discard(settings, spawned)
-        raise
+    with _sigterm_unwinds():
+        settings = _prepare(settings, notices)
+        backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
+        spawned = process.spawn(settings)
+        try:
+            process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
+            info = _record(settings, spawned, mode="start")
+        except BaseException:
+            _discard(settings, spawned)
+            raise
     log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)
     return StartResult(pid=info.pid, url=info.url, backup=backup, backup_text=backup_text, notices=notices)
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    """SIGTERM during a start unwinds like Ctrl-C, so a half-started server is not left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _prepare(settings, notices: list[str]):
@@ -246,15 +267,13 @@ def _stop_locked(settings) -> StopResult:
     return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale)
 
 
-def _terminate(pid: int, timeout: float, reap=None) -> bool:
-    import os
-
+def _terminate(pid: int, timeout: float) -> bool:
     pgid = process.pgid_of(pid)
     if pgid != pid or pgid == os.getpgrp():
         # Not the leader of its own group (we always start it as one): signal it alone rather
         # than a group that may hold unrelated processes.
         return _terminate_one(pid, timeout)
-    return process.terminate_group(pgid, timeout, reap)
+    return process.terminate_group(pgid, timeout)
 
 
 def _terminate_one(pid: int, timeout: float) -> bool:
@@ -277,7 +296,7 @@ def _terminate_one(pid: int, timeout: float) -> bool:
 
 
 class _Forwarder:
-    """Forward SIGTERM/SIGINT to the server's process group; remember that a stop was asked."""
+    """Forward SIGTERM/SIGINT/SIGHUP to the server's process group; remember that a stop was asked."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -309,7 +328,8 @@ class _Forwarder:
             self.notifier.send("STOPPING=1")
             self.deadline = time.monotonic() + self.stop_timeout
         if self.pgid is not None:
-            self._forward(signum)
+            # SIGINT stays SIGINT (Ctrl-C); a hang-up asks for the same clean stop as SIGTERM.
+            self._forward(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
     def _forward(self, signum: int) -> None:
         try:
@@ -323,40 +343,15 @@ def run(settings, *, skip_backup: bool = False) -> int:
     """Run the server as a child in the foreground; return its exit status."""
     from .systemd import Notifier
 
-    paths = settings.paths
     notifier = Notifier.from_env()
     forwarder = _Forwarder(notifier, float(settings.get("server.stop_timeout")))
-    notices: list[str] = []
-    with supervisor_lock(paths.lockfile):
-        info, stale = process.identify(paths)
-        if stale:
-            print(f"sparkq: {stale}", file=sys.stderr)
-        if info is not None:
-            raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
-        notifier.send("STATUS=pre-start backup")
-        with notifier.extend_timeout(120, every=20):
-            settings = _prepare(settings, notices)
-            _backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
-        for line in [*notices, backup_text]:
-            if line:
-                print(line, file=sys.stderr)
-        notifier.send("STATUS=starting the server")
-        forwarder.install()
-        try:
-            spawned = process.spawn(settings)
-            forwarder.attach(spawned.proc.pid)
-            ready = process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")),
-                                         stop_requested=lambda: forwarder.stopping)
-            if not isinstance(ready, int):
-                info = _record(settings, spawned, mode="run", supervisor_pid=_own_pid())
-        except BaseException:
-            forwarder.restore()
-            if "spawned" in locals():
-                _discard(settings, spawned)
-            raise
+    # The lock covers backup, spawn and readiness only: once the server is healthy, `status` and
+    # `stop` from another shell must work while this process keeps running.
+    with supervisor_lock(settings.paths.lockfile):
+        spawned, info = _run_start_locked(settings, notifier, forwarder, skip_backup)
     try:
-        if not isinstance(ready, int):
-            notifier.send("READY=1", f"MAINPID={_own_pid()}", f"STATUS=serving at {info.url}")
+        if info is not None:
+            notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving at {info.url}")
             print(f"SparkQ is running (PID {info.pid}, {info.url}); Ctrl-C stops it", file=sys.stderr)
             log.get().info("server_started", pid=info.pid, url=info.url, trigger="run")
         rc = _wait_child(spawned.proc, forwarder)
@@ -364,7 +359,7 @@ def run(settings, *, skip_backup: bool = False) -> int:
         forwarder.restore()
         if process.group_members(spawned.proc.pid):  # its own children outlived it
             process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
-        process.remove_pidfile(paths, spawned.proc.pid)
+        process.remove_pidfile(settings.paths, spawned.proc.pid)
         if not forwarder.stopping:
             notifier.send("STOPPING=1")
     status = process.to_exit_status(rc)
@@ -372,7 +367,42 @@ def run(settings, *, skip_backup: bool = False) -> int:
     return status
 
 
+def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: bool):
+    """Back up, spawn, wait until healthy, write the pidfile. Returns (spawned, PidInfo), or
+    (spawned, None) when a stop signal arrived and the server already exited during start-up."""
+    info, stale = process.identify(settings.paths)
+    if stale:
+        print(f"sparkq: {stale}", file=sys.stderr)
+    if info is not None:
+        raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
+    notices: list[str] = []
+    notifier.send("STATUS=pre-start backup")
+    with notifier.extend_timeout(120, every=20):  # a big DB must not hit TimeoutStartSec
+        settings = _prepare(settings, notices)
+        _backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
+    for line in [*notices, backup_text]:
+        if line:
+            print(line, file=sys.stderr)
+    notifier.send("STATUS=starting the server")
+    forwarder.install()
+    spawned = None
+    try:
+        spawned = process.spawn(settings)
+        forwarder.attach(spawned.proc.pid)
+        ready = process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")),
+                                     stop_requested=lambda: forwarder.stopping)
+        if isinstance(ready, int):
+            return spawned, None
+        return spawned, _record(settings, spawned, mode="run", supervisor_pid=os.getpid())
+    except BaseException:
+        forwarder.restore()
+        if spawned is not None:
+            _discard(settings, spawned)
+        raise
+
+
 def _wait_child(proc: subprocess.Popen, forwarder: _Forwarder) -> int:
+    """Wait for the server to exit; SIGKILL its group when a forwarded stop takes too long."""
     killed = False
     while True:
         try:
@@ -381,12 +411,6 @@ def _wait_child(proc: subprocess.Popen, forwarder: _Forwarder) -> int:
             if forwarder.deadline is not None and not killed and time.monotonic() > forwarder.deadline:
                 killed = True
                 process.kill_group(proc.pid, reap=proc.poll)
-
-
-def _own_pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 # --- status ----------------------------------------------------------------------------------

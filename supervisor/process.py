@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -73,6 +73,8 @@ def _read_raw(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise SparkqError(f"cannot read {path} ({exc.strerror}); run as the user that owns SparkQ") from None
 
 
 def _pid_of(raw: bytes) -> int | None:
@@ -86,8 +88,12 @@ def _parse(raw: bytes) -> PidInfo:
     data = json.loads(raw)
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
+    pid = data["pid"]
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise ValueError("pid is not a positive whole number")
+    supervisor_pid = data.get("supervisor_pid")
     return PidInfo(
-        pid=int(data["pid"]),
+        pid=pid,
         create_time=float(data["create_time"]),
         argv=[str(a) for a in data.get("argv") or []],
         host=str(data.get("host", "")),
@@ -95,7 +101,7 @@ def _parse(raw: bytes) -> PidInfo:
         started_at=str(data.get("started_at", "")),
         url=str(data.get("url", "")),
         mode=str(data.get("mode", "start")),
-        supervisor_pid=data.get("supervisor_pid"),
+        supervisor_pid=supervisor_pid if isinstance(supervisor_pid, int) and supervisor_pid > 0 else None,
         cmdline=[str(a) for a in data["cmdline"]] if isinstance(data.get("cmdline"), list) else None,
     )
 
@@ -152,6 +158,8 @@ def _drop_stale(paths: Paths, raw: bytes, pid: int | None, why: str) -> str:
             paths.pidfile.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            why += f"; could not remove it: {exc.strerror}"
     label = f"PID {pid}" if pid is not None else "unknown PID"
     log.get().warning("stale_pidfile_removed", pidfile=str(paths.pidfile), pid=pid, reason=why)
     return f"removed stale pidfile {paths.pidfile} ({label}: {why})"
@@ -238,7 +246,6 @@ class Spawned:
     argv: list[str]
     log_offset: int
     log_path: Path
-    extra: dict = field(default_factory=dict)
 
 
 def server_argv(settings) -> list[str]:

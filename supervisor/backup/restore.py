@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import timezone
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -70,7 +70,7 @@ class Plan:
     scope: str
     tables: list[str] | None
     steps: list[Step]
-    pre_restore: str  # the name the pre-restore bundle will get (about; the clock decides)
+    pre_restore: str  # where the pre-restore bundle goes; its exact name is known once written
     pre_restore_db: str  # "hard link" | "snapshot" | "none"
     counts_backup: dict | None = None
     counts_now: dict | str | None = None  # a str says why the current DB could not be counted
@@ -284,7 +284,9 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str]]:
         if legacy:
             raise UsageError(f"legacy backup {entry.name} has no setup templates; use --db-only")
         folder = entry.path / TEMPLATES_MEMBER
-        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() and not folder.is_symlink() else []
+        if folder.is_symlink():
+            raise VerificationFailed(f"{entry.name}/{TEMPLATES_MEMBER} is a symlink; refusing it (pick another backup)")
+        names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
         for name in names:
             member = entry.member(f"{TEMPLATES_MEMBER}/{name}")
             if member is not None:
@@ -327,7 +329,6 @@ def _plan(entry, scope, tables, steps, notes, paths) -> Plan:
             counts_backup = got if isinstance(got, dict) else None
         counts_now = _counts(paths.db, _sidecar(paths.db, "-wal")) if paths.db.exists() else "no database yet"
     created = entry.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
     return Plan(
         backup=entry.name,
         number=entry.number,
@@ -336,7 +337,8 @@ def _plan(entry, scope, tables, steps, notes, paths) -> Plan:
         scope=scope,
         tables=tables,
         steps=steps,
-        pre_restore=f"{PRE_RESTORE_PREFIX}_{stamp}",
+        # The name carries the time of writing, after the answer: say the pattern, not a guess.
+        pre_restore=f"a new {PRE_RESTORE_PREFIX}_YYYYMMDD_HHMMSS bundle in {paths.backup_dir}",
         pre_restore_db=how,
         counts_backup=counts_backup,
         counts_now=counts_now,

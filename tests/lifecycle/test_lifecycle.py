@@ -46,6 +46,8 @@ def test_start_status_stop_round_trip(project, fake):
     assert as_json["running"] is True and as_json["pid"] == info["pid"]
     assert as_json["health"]["status"] == "ok" and as_json["health"]["pid"] == info["pid"]
     assert as_json["db_path"] == str(project.db) and as_json["db_size"] > 0
+    if args == []:
+        assert as_json["newest_backup"].startswith("sparkq_") and as_json["newest_backup_age_s"] < 60
 
     stopped = project.cli("stop")
     assert stopped.returncode == 0, stopped.stderr
@@ -161,6 +163,19 @@ def test_server_that_never_answers_times_out(project, fake):
     assert "did not answer GET" in result.stderr and "within 2s" in result.stderr
     assert "mode=mute" in result.stderr  # the log tail
     assert not project.pidfile.exists() and not fake.running()
+
+
+def test_sigterm_to_a_waiting_start_leaves_no_server(project, fake):
+    fake.configure("mute", start_timeout=30)
+    cli = project.popen(str(SPARKQ_BIN), "start", "--skip-backup", stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+    server = wait_until(fake.running, what="the server to be spawned")[0]
+    project.reaper.add(server.pid)
+    cli.terminate()
+    cli.communicate(timeout=20)
+    assert cli.returncode == 130
+    wait_until(lambda: fake.gone(server.pid), timeout=5, what="the half-started server to be killed")
+    assert not project.pidfile.exists()
 
 
 def test_port_taken_by_another_program_fails_fast(project, fake):

@@ -101,3 +101,27 @@ def test_restart_refuses_a_server_run_in_the_foreground(project, fake):
     proc.terminate()
     proc.communicate(timeout=20)
     assert proc.returncode == 0
+
+
+def test_run_bundled_server_through_sparkq_sh_first_run(project):
+    """The real thing: first run sets up, backs up, serves; SIGTERM shuts down cleanly (exit 0)."""
+    from helpers import SPARKQ_SH
+
+    proc = project.popen(str(SPARKQ_SH), "run", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def healthy():
+        assert proc.poll() is None, proc.communicate()
+        st = project.cli("status", "--json")
+        return st.returncode == 0 and isinstance(json.loads(st.stdout)["health"], dict) and st
+
+    status = json.loads(wait_until(healthy, timeout=60, what="the bundled server").stdout)
+    project.reaper.add(status["pid"])
+    assert status["health"]["status"] == "ok" and status["health"]["pid"] == status["pid"]
+    assert project.db.exists() and (project.root / ".env").exists()
+    proc.terminate()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "first run" in err and not project.pidfile.exists()
+    bundles = [p for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_")]
+    assert len(bundles) == 1
+    assert json.loads((bundles[0] / "manifest.json").read_text())["trigger"] == "run"

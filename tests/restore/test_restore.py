@@ -459,3 +459,16 @@ def test_tables_merge_from_a_legacy_backup(seeded):
     _exec(project.db, ("DELETE FROM agent_roles",))
     _restore(ref="sparkq_20200101_000000", tables=["agent_roles"])
     assert len(_rows(project.db, "agent_roles")) == 8
+
+
+def test_symlinked_member_is_refused(seeded, tmp_path):
+    project, entry = seeded
+    outside = tmp_path / "outside.yml"
+    outside.write_text("server:\n  port: 1\n")
+    (entry.path / "sparkq.yml").unlink()
+    (entry.path / "sparkq.yml").symlink_to(outside)
+    project.config.write_text("# current\n")
+    with pytest.raises(VerificationFailed, match="symlink"):
+        _restore(scope="yml")
+    assert project.config.read_text() == "# current\n"
+    assert _pre_restores() == []

@@ -1,0 +1,138 @@
+"""supervisor.process: pidfile identity, .env parsing, ports, log tails."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+import psutil
+from structlog.testing import capture_logs
+
+from supervisor import config, process
+
+
+def _paths(project):
+    return config.load(root=project.root).paths
+
+
+def _write(project, **data) -> None:
+    project.pidfile.parent.mkdir(parents=True, exist_ok=True)
+    project.pidfile.write_text(json.dumps(data))
+
+
+def test_no_pidfile_is_simply_not_running(project):
+    assert process.identify(_paths(project)) == (None, None)
+
+
+def test_own_process_with_its_identity_is_alive(project):
+    me = psutil.Process()
+    _write(project, pid=me.pid, create_time=me.create_time(), argv=me.cmdline(), host="127.0.0.1",
+           port=project.port, started_at="x", url=project.url)
+    info = process.server_alive(_paths(project))
+    assert info is not None and info.pid == os.getpid()
+    assert project.pidfile.exists()
+
+
+def test_recorded_cmdline_wins_over_argv(project):
+    """A #! script runs as `interpreter script`: the kernel's cmdline is what gets compared."""
+    me = psutil.Process()
+    _write(project, pid=me.pid, create_time=me.create_time(), argv=["./server.py"], cmdline=me.cmdline(),
+           host="127.0.0.1", port=project.port, started_at="x", url=project.url)
+    assert process.server_alive(_paths(project)) is not None
+
+
+def test_stale_pidfiles_are_reported_once_and_removed(project):
+    cases = {
+        "not json": None,
+        "gone": {"pid": 2**22 + 12345, "create_time": 1.0},
+        "reused": {"pid": os.getpid(), "create_time": psutil.Process().create_time() - 50},
+        "other command": {"pid": os.getpid(), "create_time": psutil.Process().create_time(), "argv": ["x"]},
+    }
+    for label, data in cases.items():
+        project.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        project.pidfile.write_text("garbage" if data is None else json.dumps(data))
+        with capture_logs() as events:
+            info, notice = process.identify(_paths(project))
+        assert info is None and notice and "stale pidfile" in notice, label
+        assert [e["event"] for e in events] == ["stale_pidfile_removed"], label
+        assert not project.pidfile.exists(), label
+        assert process.identify(_paths(project)) == (None, None), label
+
+
+def test_pidfile_is_written_atomically_and_not_world_writable(project):
+    paths = _paths(project)
+    info = process.PidInfo(pid=1, create_time=2.0, argv=["a"], host="h", port=3, started_at="s", url="u")
+    process.write_pidfile(paths, info)
+    assert json.loads(paths.pidfile.read_text())["create_time"] == 2.0
+    assert paths.pidfile.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in paths.pidfile.parent.iterdir()] == ["sparkq.pid"]
+    process.remove_pidfile(paths, pid=99)  # names another process: left alone
+    assert paths.pidfile.exists()
+    process.remove_pidfile(paths, pid=1)
+    assert not paths.pidfile.exists()
+
+
+def test_env_file_parsing(tmp_path):
+    env = tmp_path / ".env"
+    env.write_bytes(
+        b"# comment\n\nA=1\nexport B = two words \nC=\"quoted # not a comment\"\nD='single'\n"
+        b"E=value # trailing comment\nF=\n=nokey\nG\n1H=x\nI=\"unclosed\nJ=\xff\xfe\nK=last\n"
+    )
+    with capture_logs() as events:
+        parsed = process.read_env_file(env)
+    assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single",
+                      "E": "value", "F": "", "K": "last"}
+    assert len(events) == 1 and events[0]["lines"] == [9, 10, 11, 12, 13]
+    assert "unclosed" not in repr(events) and "nokey" not in repr(events)
+    assert process.read_env_file(tmp_path / "missing") == {}
+
+
+def test_child_env_real_environment_wins_and_no_notify_socket(project, monkeypatch):
+    (project.root / ".env").write_text("FROM_FILE=file\nBOTH=file\n")
+    monkeypatch.setenv("BOTH", "real")
+    monkeypatch.setenv("NOTIFY_SOCKET", "@x")
+    env = process.child_env(config.load(root=project.root))
+    assert env["FROM_FILE"] == "file" and env["BOTH"] == "real"
+    assert "NOTIFY_SOCKET" not in env
+    assert env["SPARKQ_ROOT"] == str(project.root) and env["SPARKQ_PORT"] == str(project.port)
+
+
+def test_bundled_server_argv(project):
+    argv = process.server_argv(config.load(root=project.root))
+    assert argv[:4] == [sys.executable, "-P", "-m", "sparkq"]
+    assert argv[4:] == ["--host", "127.0.0.1", "--port", str(project.port), "--db", str(project.db)]
+
+
+def test_port_in_use(project):
+    assert not process.port_in_use("127.0.0.1", project.port)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", project.port))
+        s.listen()
+        assert process.port_in_use("127.0.0.1", project.port)
+        assert process.port_in_use("0.0.0.0", project.port)
+        assert not process.wait_port_free("127.0.0.1", project.port, 0.2)
+    assert process.wait_port_free("127.0.0.1", project.port, 1)
+
+
+def test_log_tail_starts_at_offset(tmp_path):
+    log = tmp_path / "server.log"
+    log.write_text("old run\n" * 5)
+    offset = log.stat().st_size
+    with log.open("a") as fh:
+        fh.writelines(f"line {i}\n" for i in range(30))
+    tail = process.log_tail(log, offset)
+    assert tail == [f"line {i}" for i in range(10, 30)]
+    assert process.log_tail(log, log.stat().st_size) == []
+    assert process.log_tail(tmp_path / "missing") == []
+
+
+def test_exit_status_mapping():
+    assert process.to_exit_status(0) == 0 and process.to_exit_status(7) == 7
+    assert process.to_exit_status(-15) == 143 and process.to_exit_status(-9) == 137
+
+
+def test_probe_health_reports_refusal(project):
+    ok, why = process.probe_health(project.url + "/health", timeout=0.5)
+    assert not ok and isinstance(why, str) and why
