@@ -1,8 +1,9 @@
 """The server as a process: pidfile identity, spawning, readiness, and stopping a process group.
 
 Identity is a pidfile plus psutil: a PID alone is not enough, because PIDs are reused. The
-pidfile records the process's create_time; a process is ours only if it exists, was created at
-that time and is not a zombie. A process that fails that test is never signalled.
+pidfile records the process's create_time and command line; a process is ours only if it exists,
+was created at that time, runs that command and is not a zombie. A process that fails that test
+is never signalled.
 """
 
 from __future__ import annotations
@@ -169,12 +170,15 @@ def process_identity(pid: int) -> tuple[float, list[str] | None]:
     """(create_time, cmdline) of a live process, to record in the pidfile."""
     import psutil
 
-    proc = psutil.Process(pid)
     try:
-        cmdline = proc.cmdline()
-    except psutil.AccessDenied:
-        cmdline = None
-    return proc.create_time(), cmdline
+        proc = psutil.Process(pid)
+        try:
+            cmdline = proc.cmdline()
+        except psutil.AccessDenied:
+            cmdline = None
+        return proc.create_time(), cmdline
+    except psutil.NoSuchProcess:
+        raise StartFailed(f"the server (PID {pid}) exited right after answering; see the server log") from None
 
 
 def now_iso() -> str:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import psutil
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SPARKQ_SH = REPO / "sparkq.sh"
@@ -140,3 +148,134 @@ def base_env(root: Path) -> dict[str, str]:
     env["SPARKQ_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+# --- hand-built backups of every shape (catalog, verify, hostile-input tests) ------------------
+
+BUNDLE_SECRET = "SPARKQ_API_KEY=sk-never-print-this-secret"
+T0 = datetime(2025, 12, 3, 14, 30, 22, tzinfo=timezone.utc)
+
+
+def stamp(when: datetime) -> str:
+    return when.strftime("%Y%m%d_%H%M%S")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def no_traceback(proc) -> None:
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def seed_db(tmp_path_factory) -> Path:
+    """A set-up, checkpointed SparkQ database (33 prompts, ...) to copy into backups."""
+    from sparkq import storage
+
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
+    storage.setup_database(path)
+    return path
+
+
+@lru_cache(maxsize=8)
+def _facts(db: Path) -> tuple[dict, dict]:
+    from sparkq import storage
+    from supervisor.backup import catalog, exports
+
+    with catalog.open_backup_db(db) as conn:
+        return storage.counts(conn), exports.render_exports(conn)
+
+
+def name_time(name: str) -> datetime:
+    day, clock = re.search(r"_(\d{8})_(\d{6})", name).groups()
+    return datetime.strptime(day + clock, "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+
+
+def make_bundle(backup_dir: Path, name: str, db_src: Path, *, created_at: datetime | None = None,
+                checksums: bool = True, yml: bool = True, env: bool = True, trigger: str = "manual",
+                extra: dict | None = None) -> Path:
+    """A 2.0 bundle as create.py writes it (checksums of every file but the manifest)."""
+    d = backup_dir / name
+    d.mkdir(parents=True)
+    shutil.copyfile(db_src, d / "sparkq.db")
+    if yml:
+        (d / "sparkq.yml").write_text("server:\n  port: 5005\n")
+    if env:
+        (d / ".env").write_text(BUNDLE_SECRET + "\n")
+    counts, rendered = _facts(db_src)
+    for fname, data in rendered.items():
+        (d / fname).write_bytes(data)
+    (d / "setup_templates").mkdir()
+    (d / "setup_templates" / "sparkq.yml.example").write_text("server: {}\n")
+    files = sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    when = created_at or name_time(name)
+    manifest = {
+        "backup_version": "2.0",
+        "created_at": when.isoformat(),
+        "timestamp": stamp(when),
+        "integrity_check": "ok",
+        "database": {"path": str(db_src), "size": "184K", "bytes": (d / "sparkq.db").stat().st_size},
+        "config_file": yml,
+        "counts": counts,
+        "files": files + ["manifest.json"],
+        "trigger": trigger,
+        "sqlite_version": sqlite3.sqlite_version,
+        "sparkq_version": "0.3.0",
+    }
+    if checksums:
+        manifest["checksums"] = {f: sha256(d / f) for f in files}
+    manifest.update(extra or {})
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return d
+
+
+def make_21_bundle(backup_dir: Path, name: str, work: Path, *, extra_prompts: int = 5,
+                   checksums: bool = False) -> Path:
+    """An older 2.1 bundle: a live WAL-mode DB copied with its -wal (uncheckpointed rows in it)."""
+    from sparkq import storage
+
+    live = work / f"live-{name}" / "sparkq.db"
+    storage.setup_database(live)
+    conn = storage.connect(live)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        for i in range(extra_prompts):
+            conn.execute("INSERT INTO prompts (id, command, label, template_text) VALUES (?, ?, ?, ?)",
+                         (f"prm_wal{i}", f"wal-only-{i}", f"WAL {i}", "text"))
+        assert (live.parent / "sparkq.db-wal").stat().st_size > 0
+        d = backup_dir / name
+        d.mkdir(parents=True)
+        for suffix in ("", "-wal", "-shm"):
+            shutil.copyfile(live.parent / f"sparkq.db{suffix}", d / f"sparkq.db{suffix}")
+        live_counts = storage.counts(conn)
+    finally:
+        conn.close()
+    (d / "sparkq.yml").write_text("server:\n  port: 5005\n")
+    (d / "config_export.json").write_text("[]\n")
+    manifest = {
+        "backup_version": "2.1",
+        "created_at": name_time(name).isoformat(),
+        "timestamp": name.split("_", 1)[1],
+        "integrity_check": "ok",
+        "database": {"path": str(live), "size": "220K"},
+        "configuration_files": {"sparkq_yml": True, "env_file": True},  # .env listed, yet absent
+        "counts": live_counts,
+        "files": {
+            "critical": ["sparkq.yml", ".env", "config_export.json"],
+            "database": ["sparkq.db", "sparkq.db-wal", "sparkq.db-shm"],
+        },
+    }
+    if checksums:
+        manifest["checksums"] = {f: sha256(d / f) for f in ("sparkq.db", "sparkq.db-wal", "sparkq.yml")}
+    (d / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return d
+
+
+def make_legacy(backup_dir: Path, when: datetime, db_src: Path, *, yml: bool = False) -> Path:
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    path = backup_dir / f"sparkq_{stamp(when)}.db"
+    shutil.copyfile(db_src, path)
+    if yml:
+        (backup_dir / f"sparkq_{stamp(when)}.yml").write_text("server:\n  port: 5005\n")
+    return path

@@ -100,6 +100,9 @@ def _check_database(entry: Entry) -> list[str]:
         return [str(exc)]
     shown = entry.name if entry.format == "legacy" else f"{entry.name}/{DB_NAME}"
     if db is None:
+        database = (entry.manifest or {}).get("database")
+        if isinstance(database, dict) and database.get("present") is False:
+            return []  # taken when the project had no database yet (e.g. a pre-restore bundle)
         return [f"{shown} is missing"]
     try:
         with open_backup_db(db, wal) as conn:

@@ -10,26 +10,15 @@ from datetime import timedelta
 
 import pytest
 
+from supervisor import config
 from supervisor.backup import catalog, verify
 from supervisor.errors import BackupNotFound
 
-
-def _shapes():
-    """The hand-built backup shapes of test_catalog.py (pytest runs with --import-mode=importlib,
-    so a test module cannot simply import its neighbour)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("_catalog_shapes", Path(__file__).with_name("test_catalog.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, seed_db, stamp  # noqa: F401
 
 
-_s = _shapes()
-T0, stamp, settings, no_traceback = _s.T0, _s.stamp, _s.settings, _s.no_traceback
-make_bundle, make_21_bundle, make_legacy = _s.make_bundle, _s.make_21_bundle, _s.make_legacy
-seed_db = _s.seed_db  # the session fixture
+def settings():
+    return config.load(lenient=True)
 
 
 def flip_bytes(path, offset: int, count: int = 16) -> None:
