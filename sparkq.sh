@@ -24,6 +24,7 @@ Server
   stop                       stop the server (SIGTERM, then SIGKILL after the stop timeout)
   status [--json]            running or stopped; exit 0 running, 3 stopped
   setup [--reseed]           create .venv, sparkq.yml, .env and the database (safe to re-run)
+  systemd-unit [--user]      print a systemd unit for this checkout
 
 Backups
   backup                     take a backup now (also while the server runs)

@@ -279,3 +279,99 @@ def make_legacy(backup_dir: Path, when: datetime, db_src: Path, *, yml: bool = F
     if yml:
         (backup_dir / f"sparkq_{stamp(when)}.yml").write_text("server:\n  port: 5005\n")
     return path
+
+
+# --- fault and hostile-input checks -----------------------------------------------------------
+
+
+def tree_state(path: Path) -> dict[str, str]:
+    """Every entry under `path` (not following symlinks): file -> sha256, dir -> 'dir', link -> target."""
+    out: dict[str, str] = {}
+    if not os.path.lexists(path):
+        return out
+    for top, dirs, files in os.walk(path):
+        base = Path(top)
+        for name in dirs + files:
+            p = base / name
+            rel = p.relative_to(path).as_posix()
+            if p.is_symlink():
+                out[rel] = "link:" + os.readlink(p)
+            elif p.is_dir():
+                out[rel] = "dir"
+            else:
+                out[rel] = sha256(p)
+    return out
+
+
+def live_state(project: "Project") -> dict:
+    """What a failed or refused command must leave alone: the live DB (and its -wal), sparkq.yml,
+    .env, and every file in the backup dir."""
+    state = {}
+    for name, p in (("db", project.db), ("db-wal", project.db.with_name("sparkq.db-wal")),
+                    ("yml", project.config), ("env", project.root / ".env")):
+        state[name] = sha256(p) if p.is_file() else None
+    state["backups"] = tree_state(project.backup_dir)
+    return state
+
+
+def one_line_error(proc, *, codes=None) -> str:
+    """The command failed (non-zero, or one of `codes`) with exactly one line on stderr, no traceback."""
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
+    assert proc.returncode != 0, (proc.stdout, proc.stderr)
+    if codes is not None:
+        assert proc.returncode in codes, (proc.returncode, proc.stderr)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("sparkq: "), lines[0]
+    return lines[0]
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def server_processes(project: "Project") -> list:
+    """Live processes serving this project's port (by command line), zombies excluded."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if "sparkq" in cmd and "--port" in cmd and str(project.port) in cmd \
+                and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def assert_no_server(project: "Project") -> None:
+    assert not project.pidfile.exists(), project.pidfile.read_text()
+    assert not server_processes(project)
+    assert not listening(project.port)
+
+
+def bundle_problems(bundle: Path) -> list[str]:
+    """An independent check of a published bundle (not using supervisor code): the manifest parses,
+    every file it lists exists with its checksum, and the DB passes PRAGMA integrity_check."""
+    try:
+        manifest = json.loads((bundle / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"manifest: {exc}"]
+    problems = []
+    for rel in manifest.get("files", []):
+        if not (bundle / rel).is_file():
+            problems.append(f"{rel} missing")
+    for rel, digest in (manifest.get("checksums") or {}).items():
+        if not (bundle / rel).is_file() or sha256(bundle / rel) != digest:
+            problems.append(f"{rel} checksum mismatch")
+    db = bundle / "sparkq.db"
+    if db.is_file():
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            rows = conn.execute("PRAGMA integrity_check").fetchall()
+        except sqlite3.DatabaseError as exc:
+            rows = [(str(exc),)]
+        finally:
+            conn.close()
+        if rows != [("ok",)]:
+            problems.append(f"integrity_check: {rows[:3]}")
+    return problems

