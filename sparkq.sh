@@ -3,12 +3,7 @@
 # `sparkq` CLI inside it. Works from any current directory.
 set -euo pipefail
 
-src="${BASH_SOURCE[0]}"
-while [ -L "$src" ]; do
-  dir="$(cd -P "$(dirname "$src")" && pwd)"
-  src="$(readlink "$src")"
-  case "$src" in /*) ;; *) src="$dir/$src" ;; esac
-done
+src="$(readlink -f "${BASH_SOURCE[0]}" 2>/dev/null || echo "${BASH_SOURCE[0]}")"  # follow symlinks
 HERE="$(cd -P "$(dirname "$src")" && pwd)"
 VENV="$HERE/.venv"
 export SPARKQ_ROOT="${SPARKQ_ROOT:-$HERE}"

@@ -31,27 +31,26 @@ def temp_name(target: Path) -> Path:
 
 
 def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = temp_name(target)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _atomic_place(target, mode, lambda out: out.write(data))
 
 
 def atomic_copy(src: Path, target: Path, mode: int = 0o600) -> None:
     """Copy `src` onto `target` so that `target` is always either the old file or the new, whole."""
+
+    def copy(out) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
+
+    _atomic_place(target, mode, copy)
+
+
+def _atomic_place(target: Path, mode: int, write) -> None:
+    """Temp file beside `target`, `write(fh)`, fsync, rename over `target`, fsync the folder."""
     tmp = temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, _CHUNK)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, mode)

@@ -310,6 +310,8 @@ def live_state(project: "Project") -> dict:
     for name, p in (("db", project.db), ("db-wal", project.db.with_name("sparkq.db-wal")),
                     ("yml", project.config), ("env", project.root / ".env")):
         state[name] = sha256(p) if p.is_file() else None
+    if state["db-wal"] is not None and project.db.with_name("sparkq.db-wal").stat().st_size == 0:
+        state["db-wal"] = None  # an empty WAL (left by a reader that was killed) holds nothing
     state["backups"] = tree_state(project.backup_dir)
     return state
 

@@ -3,12 +3,7 @@
 # the server runs). Arguments are passed through, e.g. --json.
 set -euo pipefail
 
-src="${BASH_SOURCE[0]}"
-while [ -L "$src" ]; do
-  dir="$(cd -P "$(dirname "$src")" && pwd)"
-  src="$(readlink "$src")"
-  case "$src" in /*) ;; *) src="$dir/$src" ;; esac
-done
+src="$(readlink -f "${BASH_SOURCE[0]}" 2>/dev/null || echo "${BASH_SOURCE[0]}")"  # follow symlinks
 REPO="$(cd -P "$(dirname "$src")/../.." && pwd)"
 
 case "${1:-}" in

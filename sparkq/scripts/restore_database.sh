@@ -3,12 +3,7 @@
 # shim onto ./sparkq.sh (the `sparkq` CLI), so both always behave the same. Works from any cwd.
 set -euo pipefail
 
-src="${BASH_SOURCE[0]}"
-while [ -L "$src" ]; do
-  dir="$(cd -P "$(dirname "$src")" && pwd)"
-  src="$(readlink "$src")"
-  case "$src" in /*) ;; *) src="$dir/$src" ;; esac
-done
+src="$(readlink -f "${BASH_SOURCE[0]}" 2>/dev/null || echo "${BASH_SOURCE[0]}")"  # follow symlinks
 REPO="$(cd -P "$(dirname "$src")/../.." && pwd)"
 SPARKQ="$REPO/sparkq.sh"
 ME="$(basename "$0")"

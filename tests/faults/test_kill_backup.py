@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SPARKQ_BIN, base_env, bundle_problems, live_state, sha256, tree_state
+from helpers import SPARKQ_BIN, base_env, bundle_problems, live_state, tree_state
 
 DB_MB = 28
 
@@ -146,7 +146,6 @@ def test_kill_9_backup(project, template, window, kill_at, phases, rng):
     assert again.returncode == 0, again.stderr
     fresh = Path(json.loads(again.stdout)["path"])
     assert bundle_problems(fresh) == []
-    assert sha256(fresh / "sparkq.db") != sha256(project.db) or True  # a snapshot, not a copy of bytes
     leftovers = [n for n in os.listdir(backup_dir) if n.startswith(".tmp-")]
     assert leftovers == [], f"temp dirs left after the next backup: {leftovers}"
     final = json.loads(project.cli("backup-list", "--json").stdout)
