@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import log, process
 from .errors import SparkqError, StartFailed
+from .fmt import human_size
 from .locking import supervisor_lock
 
 _EXPOSED_HOSTS = ("0.0.0.0", "::", "")
@@ -104,7 +105,7 @@ class StatusResult:
             lines.append(f"  health:   {_health_text(self.health)}")
         else:
             lines.append("stopped")
-        size = f" ({_size(self.db_size)})" if self.db_size is not None else " (does not exist yet)"
+        size = f" ({human_size(self.db_size)})" if self.db_size is not None else " (does not exist yet)"
         lines.append(f"  database: {self.db_path}{size}")
         if self.newest_backup:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
@@ -480,15 +481,6 @@ def _duration(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h {s % 3600 // 60}m"
     return f"{s // 86400}d {s % 86400 // 3600}h"
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def _health_text(health) -> str:

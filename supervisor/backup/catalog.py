@@ -26,6 +26,7 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+from ..fmt import human_size
 from ..errors import BackupNotFound, SparkqError, UsageError, VerificationFailed
 
 REGULAR = "regular"
@@ -439,15 +440,6 @@ def resolve(settings, ref: str) -> Entry:
 
 
 # --- backup-list ------------------------------------------------------------------------------
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # not reached
 
 
 @dataclass

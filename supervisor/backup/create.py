@@ -13,7 +13,6 @@ import contextlib
 import errno
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import log
+from ..fmt import human_size
 from ..errors import BackupFailed, SparkqError, UsageError
 from ..fsutil import fsync_dir, fsync_file
 
@@ -174,20 +174,6 @@ def retention_lock(backup_dir: Path, *, wait: float = 60.0):
 
     with supervisor_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
         yield
-
-
-def human_size(n: int) -> str:
-    """Size as `ls -h` shows it: 512B, 4.0K, 184K, 1.2G (rounded up, 1024-based)."""
-    if n < 1024:
-        return f"{n}B"
-    value = n / 1024
-    for unit in "KMGTP":
-        if value < 10 and math.ceil(value * 10) < 100:
-            return f"{math.ceil(value * 10) / 10:.1f}{unit}"
-        if math.ceil(value) < 1024 or unit == "P":
-            return f"{math.ceil(value)}{unit}"
-        value /= 1024
-    return f"{n}B"  # not reached
 
 
 # --- building a bundle ------------------------------------------------------------------------

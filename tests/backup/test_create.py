@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from helpers import SPARKQ_BIN, wait_until
 from supervisor import config
+from supervisor.fmt import human_size
 from supervisor.backup import create, exports
 from supervisor.backup.catalog import scan
 from supervisor.errors import BackupFailed, ConfigError
@@ -139,7 +140,7 @@ def test_bundle_has_every_file_private_modes_and_manifest(settings, umask):
     assert m["integrity_check"] == "ok"
     assert m["database"]["path"] == str(settings.paths.db) and Path(m["database"]["path"]).is_absolute()
     assert m["database"]["bytes"] == (bundle / "sparkq.db").stat().st_size
-    assert m["database"]["size"] == create.human_size(m["database"]["bytes"])
+    assert m["database"]["size"] == human_size(m["database"]["bytes"])
     assert re.fullmatch(r"\d+(\.\d)?[BKMG]", m["database"]["size"])
     assert m["config_file"] is True and m["trigger"] == "manual"
     assert m["sqlite_version"] == sqlite3.sqlite_version
