@@ -25,6 +25,9 @@ BACKUP_LIMITS = {256: 2.5, 1024: 2.0}  # verified backup / sqlite3 .backup, by D
 RESTORE_LIMIT_FROM_MB = 1024          # restore <= 2.5x is a target at 1 GiB; smaller sizes are info
 RSS_LIMIT_MB, RSS_GROWTH_MB = 64.0, 10.0
 LIST_BUNDLES = 1000
+SIZE_CASES = ("backup", "writer", "restore")        # run once per database size
+SMALL_CASES = ("imports", "status", "start", "list")  # fixed-cost commands, run once
+CASES = SMALL_CASES + SIZE_CASES
 
 
 @dataclass
@@ -57,8 +60,9 @@ def _fmt_ms(ms: float) -> str:
 
 
 class Bench:
-    def __init__(self, work: Path, pairs: int, report: Report) -> None:
+    def __init__(self, work: Path, pairs: int, report: Report, only: set[str] | None = None) -> None:
         self.work = work
+        self.only = only
         self.pairs = pairs
         self.report = report
         self.projects: list[Project] = []
@@ -101,8 +105,10 @@ class Bench:
                   flush=True)
         return a, b
 
-    def guarded(self, measure: str, size: str, fn) -> None:
+    def guarded(self, case: str, measure: str, size: str, fn) -> None:
         """Run one case; a failing command becomes an ERROR row and the rest of the run goes on."""
+        if self.only and case not in self.only:
+            return
         try:
             fn()
         except BenchError as exc:
@@ -135,7 +141,12 @@ class Bench:
 
     # --- per database size ------------------------------------------------------------------
 
+    def wants(self, *cases: str) -> bool:
+        return not self.only or bool(self.only.intersection(cases))
+
     def size_section(self, size_mb: float) -> None:
+        if not self.wants(*SIZE_CASES):
+            return
         label = size_label(size_mb)
         need = 4.5 * size_mb * 2**20 + 200 * 2**20
         free = shutil.disk_usage(self.work).free
@@ -149,9 +160,12 @@ class Bench:
         print(f"== {label}: built {built['bytes'] / 2**20:.0f} MB ({built['rows']} task rows) "
               f"in {time.perf_counter() - t0:.1f} s", flush=True)
         dbgen.warm(proj.db)
-        self.guarded("verified backup vs sqlite3 .backup", label, lambda: self.case_backup(proj, size_mb))
-        self.guarded("writer p99 commit latency", label, lambda: self.case_writer(proj, size_mb))
-        self.guarded("backup-restore --db-only vs sqlite3 .backup", label, lambda: self.case_restore(proj, size_mb))
+        self.guarded("backup", "verified backup vs sqlite3 .backup", label,
+                     lambda: self.case_backup(proj, size_mb))
+        self.guarded("writer", "writer p99 commit latency", label,
+                     lambda: self.case_writer(proj, size_mb))
+        self.guarded("restore", "backup-restore --db-only vs sqlite3 .backup", label,
+                     lambda: self.case_restore(proj, size_mb))
         self.drop(proj)
 
     def case_backup(self, proj: Project, size_mb: float) -> None:
@@ -284,15 +298,16 @@ class Bench:
     # --- fixed-cost commands (small DB) -----------------------------------------------------
 
     def small_section(self, size_mb: float) -> None:
-        self.guarded("--version/--help import no HTTP stack", "", self.case_imports)
-        proj = self.project("small")
-        dbgen.build_db(proj.db, size_mb)
-        dbgen.warm(proj.db)
-        label = size_label(size_mb)
-        self.guarded("sparkq status vs import floor", "", lambda: self.case_status(proj))
-        self.guarded("sparkq start to healthy", label, lambda: self.case_start(proj, size_mb))
-        self.drop(proj)
-        self.guarded(f"backup-list over {LIST_BUNDLES} bundles vs --version", "", self.case_list)
+        self.guarded("imports", "--version/--help import no HTTP stack", "", self.case_imports)
+        if self.wants("status", "start"):
+            proj = self.project("small")
+            dbgen.build_db(proj.db, size_mb)
+            dbgen.warm(proj.db)
+            label = size_label(size_mb)
+            self.guarded("status", "sparkq status vs import floor", "", lambda: self.case_status(proj))
+            self.guarded("start", "sparkq start to healthy", label, lambda: self.case_start(proj, size_mb))
+            self.drop(proj)
+        self.guarded("list", f"backup-list over {LIST_BUNDLES} bundles vs --version", "", self.case_list)
 
     def case_imports(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKQ_")}

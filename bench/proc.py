@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +16,7 @@ from pathlib import Path
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 SPARKQ = str(VENV_BIN / "sparkq")
+LAUNCH = Path(__file__).with_name("launch.py")
 
 
 class BenchError(Exception):
@@ -30,7 +28,7 @@ class Run:
     argv: list[str]
     seconds: float
     returncode: int
-    maxrss_mb: float  # peak RSS of this child (and the children it waited for), from os.wait4
+    maxrss_mb: float  # peak RSS of this command (and the children it waited for), from os.wait4
     stdout: str
     stderr: str
     timed_out: bool = False
@@ -50,47 +48,33 @@ def short(argv: list[str]) -> str:
 
 
 def run(argv, *, env=None, cwd=None, timeout: float = 900.0, check: bool = True) -> Run:
-    """Run `argv` to completion; wall time from before fork to after reaping.
+    """Run `argv` to completion through bench/launch.py; returns its wall time and peak RSS.
 
-    os.wait4 gives the rusage of this one child, so ru_maxrss is its own peak RSS rather than the
-    max over every child this process ever had (what RUSAGE_CHILDREN would report).
+    The launcher times the command from before the fork until it is reaped and takes
+    ru_maxrss from os.wait4 for that one child (see launch.py for why it is a separate process).
     """
     argv = [str(a) for a in argv]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        reaped = threading.Event()
-        fired = []
-
-        def _kill() -> None:
-            if not reaped.is_set():
-                fired.append(True)
-                try:
-                    os.kill(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-        timer = threading.Timer(timeout, _kill)
-        timer.daemon = True
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            reaped.set()
-            timer.cancel()
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile(suffix=".json") as result:
+        launched = subprocess.run([PYTHON, str(LAUNCH), result.name, str(timeout), *argv], cwd=cwd, env=env,
+                                  stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=timeout + 60)
         out.seek(0)
         err.seek(0)
-        result = Run(
-            argv=argv,
-            seconds=seconds,
-            returncode=proc.returncode,
-            maxrss_mb=usage.ru_maxrss / 1024.0,  # KiB on Linux
-            stdout=out.read().decode(errors="replace"),
-            stderr=err.read().decode(errors="replace"),
-            timed_out=bool(fired),
-        )
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        try:
+            measured = json.loads(open(result.name).read())
+        except ValueError:
+            raise BenchError(f"`{short(argv)}` could not be launched (exit {launched.returncode}): "
+                             f"{stderr.strip()[-300:]}") from None
+    result = Run(
+        argv=argv,
+        seconds=measured["seconds"],
+        returncode=measured["returncode"],
+        maxrss_mb=measured["maxrss_kib"] / 1024.0,  # KiB on Linux
+        stdout=stdout,
+        stderr=stderr,
+        timed_out=measured["timed_out"],
+    )
     return result.check() if check else result
 
 

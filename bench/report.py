@@ -79,7 +79,7 @@ class Report:
         ]
         for r in self.rows:
             ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
-            result = r.verdict + (f" ({r.note})" if r.note and r.verdict in ("MISS", "ERROR") else "")
+            result = r.verdict + (f" ({r.note})" if r.note else "")
             lines.append(f"| {r.measure} | {r.size or '-'} | {r.a} | {r.b or '-'} | {ratio} | {r.target} | {result} |")
         return "\n".join(lines)
 

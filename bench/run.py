@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cases import Bench
+from .cases import CASES, Bench
 from .proc import SPARKQ
 from .report import Report, loadavg, machine_info, machine_text, size_label
 
@@ -26,6 +26,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="sizes 10 MB and 256 MB only (no 1 GiB database)")
     p.add_argument("--size", type=float, metavar="MB", help="one database size instead of the default set")
     p.add_argument("--pairs", type=int, default=3, metavar="N", help="A/B pairs per measure (default 3)")
+    p.add_argument("--only", metavar="CASE[,CASE]",
+                   help=f"run only these measures: {', '.join(CASES)} (default: all)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the results table as markdown")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
@@ -35,6 +37,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--pairs must be >= 1")
     if args.size is not None and args.size < 0:
         p.error("--size must be >= 0")
+    args.only = {c.strip() for c in args.only.split(",") if c.strip()} if args.only else None
+    unknown = (args.only or set()) - set(CASES)
+    if unknown:
+        p.error(f"unknown --only case(s): {', '.join(sorted(unknown))}; choose from {', '.join(CASES)}")
     return args
 
 
@@ -58,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_text(machine), flush=True)
     print(f"sizes: {', '.join(size_label(s) for s in sizes)}; {args.pairs} pairs per measure (A B A B ...)",
           flush=True)
-    report = Report(machine, {"sizes": sizes, "pairs": args.pairs, "quick": args.quick})
-    bench = Bench(work, args.pairs, report)
+    report = Report(machine, {"sizes": sizes, "pairs": args.pairs, "quick": args.quick,
+                              "only": sorted(args.only) if args.only else None})
+    bench = Bench(work, args.pairs, report, args.only)
     signal.signal(signal.SIGTERM, _on_sigterm)
     started = time.perf_counter()
     interrupted = False

@@ -288,6 +288,7 @@ def backup_export(
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: click handles its own usage errors (exit 2); ours map through SparkqError."""
+    _no_shared_writes()
     try:
         app(args=argv, prog_name="sparkq")
     except SparkqError as exc:
@@ -302,6 +303,16 @@ def main(argv: list[str] | None = None) -> None:
         if _state["debug"]:
             raise
         sys.exit(_unexpected(exc))
+
+
+def _no_shared_writes() -> None:
+    """Keep the user's umask but add 022 to it, so nothing we (or the server we start) create is
+    group- or world-writable: under umask 000 the data dir would be 0777, and anyone could swap
+    the pidfile, the lock or the database. Files that hold secrets are 0600 regardless."""
+    import os
+
+    current = os.umask(0o022)
+    os.umask(current | 0o022)
 
 
 def _unexpected(exc: Exception) -> None:

