@@ -31,7 +31,7 @@ def temp_name(target: Path) -> Path:
 
 
 def remove_stale_temps(target: Path) -> None:
-    """Delete temp files of `target` left by writers that died mid-write (kill -9, power loss).
+    """Delete temp files (or work dirs) of `target` left by writers that died mid-write.
 
     Only names `temp_name` makes, and only when the PID in the name is not alive: a writer that
     still runs keeps its file. Without this, each crash while restoring the database would leave
@@ -45,8 +45,12 @@ def remove_stale_temps(target: Path) -> None:
     for name in names:
         pid = name[len(prefix):] if name.startswith(prefix) else ""
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            path = target.parent / name
             try:
-                os.unlink(target.parent / name)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
             except OSError:
                 pass
 

@@ -151,12 +151,14 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
     if info is not None:
         return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
     with _sigterm_unwinds():
-        settings = _prepare(settings, notices)
+        settings = _prepare(settings, notices, skip_backup)
         backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
         spawned = process.spawn(settings)
         try:
-            process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
+            # The pidfile goes first: a start killed while it waits must not leave a server that
+            # status and stop cannot see. A failed start removes it again.
             info = _record(settings, spawned, mode="start")
+            process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
         except BaseException:
             _discard(settings, spawned)
             raise
@@ -181,9 +183,14 @@ def _sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _prepare(settings, notices: list[str]):
+def _prepare(settings, notices: list[str], skip_backup: bool):
     """First-run set-up, exposure warning and port check: everything before the backup."""
     paths = settings.paths
+    if not skip_backup:
+        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
+            settings.backup_keep()
+        except SparkqError as exc:
+            raise _not_started(exc) from None
     if not paths.db.exists():
         from .setup import run_setup
 
@@ -216,13 +223,14 @@ def _pre_start_backup(settings, trigger: str, skip_backup: bool) -> tuple[dict |
     try:
         result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True)
     except SparkqError as exc:
-        exc.args = (f"server not started: the pre-start backup failed: {exc}",)
-        raise
-    as_dict = result.to_dict() if hasattr(result, "to_dict") else None
-    text = result.text() if hasattr(result, "text") else None
-    if getattr(result, "skipped", False) and not text:
-        text = getattr(result, "notice", None)
-    return as_dict, text
+        raise _not_started(exc) from None
+    return result.to_dict(), result.text() or result.notice
+
+
+def _not_started(exc: SparkqError) -> SparkqError:
+    """The same error, saying that the server was not started because of it."""
+    exc.args = (f"server not started: the pre-start backup failed: {exc}",)
+    return exc
 
 
 def _record(settings, spawned: process.Spawned, *, mode: str, supervisor_pid: int | None = None):
@@ -234,6 +242,7 @@ def _record(settings, spawned: process.Spawned, *, mode: str, supervisor_pid: in
         cmdline=cmdline,
     )
     process.write_pidfile(settings.paths, info)
+    log.get().info("server_spawned", pid=pid, argv=spawned.argv, pidfile=str(settings.paths.pidfile))
     return info
 
 
@@ -379,7 +388,7 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
     notices: list[str] = []
     notifier.send("STATUS=pre-start backup")
     with notifier.extend_timeout(120, every=20):  # a big DB must not hit TimeoutStartSec
-        settings = _prepare(settings, notices)
+        settings = _prepare(settings, notices, skip_backup)
         _backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
     for line in [*notices, backup_text]:
         if line:
@@ -390,11 +399,12 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
     try:
         spawned = process.spawn(settings)
         forwarder.attach(spawned.proc.pid)
+        info = _record(settings, spawned, mode="run", supervisor_pid=os.getpid())  # first: see _start_locked
         ready = process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")),
                                      stop_requested=lambda: forwarder.stopping)
         if isinstance(ready, int):
             return spawned, None
-        return spawned, _record(settings, spawned, mode="run", supervisor_pid=os.getpid())
+        return spawned, info
     except BaseException:
         forwarder.restore()
         if spawned is not None:

@@ -301,7 +301,6 @@ def spawn(settings) -> Spawned:
                 f"cannot run the server command {argv[0]!r}: {exc.strerror}; check server.command in "
                 f"{paths.config_file.name}"
             ) from None
-    log.get().info("server_spawned", pid=proc.pid, argv=argv)
     return Spawned(proc=proc, argv=argv, log_offset=offset, log_path=paths.server_log)
 
 

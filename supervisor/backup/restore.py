@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from .. import log
 from ..errors import InUse, SparkqError, UsageError, VerificationFailed
-from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir
+from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
 
 SCOPES = ("full", "db", "config", "yml", "env", "templates")
 # Tables `--tables` may merge, in the order they are merged: task classes before the tools that
@@ -149,9 +149,12 @@ def restore_backup(
         raise UsageError(f"unknown restore scope {scope!r}; use one of {', '.join(SCOPES)}")
     if tables is not None:
         tables = _check_tables(tables)
+    from .create import unshare_pre_restore
+
     paths = settings.paths
     with supervisor_lock(paths.lockfile):
         _refuse_if_in_use(paths)
+        unshare_pre_restore(settings)  # an earlier restore killed mid-way may have left a link
         entry = _resolve(settings, ref)
         steps, notes = ([], []) if tables else _steps(entry, scope, paths)
         if tables and entry.db_file is None:
@@ -471,7 +474,8 @@ def _place(step: Step, paths) -> None:
 
 def _place_folded(db: Path, wal: Path, target: Path, mode: int) -> None:
     """A 2.1 bundle's DB + WAL: fold them together in a temp dir beside `target`, then rename."""
-    work = target.parent / f".{target.name}.restore-{os.getpid()}"
+    remove_stale_temps(target)  # a killed earlier restore's work dir
+    work = temp_name(target)
     shutil.rmtree(work, ignore_errors=True)
     private_mkdir(work)
     try:

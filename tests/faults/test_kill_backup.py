@@ -1,10 +1,10 @@
 """kill -9 of `sparkq backup` at random moments over a ~28 MB database.
 
 Each kill point is its own test on a fresh copy of one prepared project (a live DB of ~28 MB and
-one older, small bundle). The moment is a stratified random fraction (see conftest.py) of a
-window measured once per module: from just before the temp dir appears to the process's exit,
-so the kills cover the snapshot, the integrity check and hashing, the publish rename and the
-retention pass. Afterwards:
+one older, small bundle). The moment is a stratified random fraction (see conftest.py) of the
+backup's duration, measured once per module from the moment its temp dir appears (the anchor,
+which removes Python's start-up jitter) to its exit, so the kills cover the snapshot, the
+integrity check and hashing, the publish rename and the retention pass. Afterwards:
 - the live data and the older bundle are untouched;
 - `backup-list` shows only bundles that pass `backup-verify` (and an independent check);
 - the next `backup` succeeds and removes the leftover `.tmp-*` dirs.
@@ -15,11 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -63,32 +61,17 @@ def _install(template: Path, project) -> None:
 
 
 @pytest.fixture(scope="module")
-def window(template, tmp_path_factory) -> tuple[float, float]:
-    """(start, end) in seconds after spawning `sparkq backup`: from a little before its temp dir
-    appears to its exit; the median of three measured runs."""
-    starts, ends = [], []
+def duration(template, tmp_path_factory, killing):
+    """Seconds from the backup's temp dir appearing to its exit: three runs to start with, then
+    every complete backup the tests take; the last 10% (interpreter exit) is left out."""
+    runs = []
     for i in range(3):
         root = tmp_path_factory.mktemp(f"calibrate{i}")
         shutil.copytree(template / "sparkq", root / "sparkq")
-        backup_dir = root / "sparkq" / "data" / "backups"
-        t0 = time.monotonic()
-        proc = subprocess.Popen([str(SPARKQ_BIN), "backup"], cwd=root, env=base_env(root),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        first_tmp = None
-        try:
-            while proc.poll() is None:
-                if first_tmp is None and any(n.startswith(".tmp-") for n in os.listdir(backup_dir)):
-                    first_tmp = time.monotonic() - t0
-                time.sleep(0.002)  # polling the run being measured, not waiting for a result
-        finally:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode == 0
-        ends.append(time.monotonic() - t0)
-        starts.append(first_tmp if first_tmp is not None else ends[-1] / 2)
-    start, end = 0.8 * statistics.median(starts), statistics.median(ends)
-    print(f"kill window for `sparkq backup` of {DB_MB} MB: {start:.3f}s .. {end:.3f}s")
-    return start, end
+        anchor = killing.new_temp_dir_in(root / "sparkq" / "data" / "backups")
+        runs.append(killing.measure([str(SPARKQ_BIN), "backup"], root, base_env(root), anchor))
+    print(f"`sparkq backup` of {DB_MB} MB: {statistics.median(runs):.3f}s from its temp dir to its exit")
+    return killing.Durations(runs, share=0.9)
 
 
 def _phase(backup_dir: Path, before: set[str], returncode: int) -> str:
@@ -105,22 +88,19 @@ def _phase(backup_dir: Path, before: set[str], returncode: int) -> str:
     return "start-up"
 
 
-def test_kill_9_backup(project, template, window, kill_at, phases, rng):
+def test_kill_9_backup(project, template, duration, killing, kill_at, phases, rng):
     _install(template, project)
     backup_dir = project.backup_dir
     before = live_state(project)
     old_bundles = {n for n in os.listdir(backup_dir) if n.startswith("sparkq_")}
     assert len(old_bundles) == 1
 
-    start, end = window
-    at = start + kill_at * (end - start)
+    at = kill_at * duration.current
     proc = project.popen(str(SPARKQ_BIN), "backup", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(max(0.0, at - 0.002))  # the kill timing itself
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert killing.kill(proc, killing.new_temp_dir_in(backup_dir), at), "the backup ended before writing"
     phase = _phase(backup_dir, set(before["backups"]), proc.returncode)
-    phases("kill -9 backup", phase)
-    print(f"killed at {at:.3f}s in phase {phase!r}, exit {proc.returncode}")
+    phases("kill -9 backup, where the kills landed", phase)
+    print(f"killed {at:.3f}s after the temp dir appeared, in phase {phase!r}, exit {proc.returncode}")
 
     after = live_state(project)
     assert {k: after[k] for k in ("db", "db-wal", "yml", "env")} == \
@@ -141,10 +121,13 @@ def test_kill_9_backup(project, template, window, kill_at, phases, rng):
     for name in names:
         assert bundle_problems(backup_dir / name) == [], name
 
-    # The next backup succeeds and removes the killed one's temp dir.
-    again = project.cli("backup", "--json")
-    assert again.returncode == 0, again.stderr
-    fresh = Path(json.loads(again.stdout)["path"])
+    # The next backup succeeds (timed, to keep the kill moments in step with the machine's pace)
+    # and removes the killed one's temp dir.
+    known = set(os.listdir(backup_dir))
+    duration.add(killing.measure([str(SPARKQ_BIN), "backup"], project.root, project.env,
+                                 lambda _p: any(n.startswith(".tmp-sparkq_2") and n not in known
+                                                for n in os.listdir(backup_dir))))
+    (fresh,) = [backup_dir / n for n in set(os.listdir(backup_dir)) - known if n.startswith("sparkq_")]
     assert bundle_problems(fresh) == []
     leftovers = [n for n in os.listdir(backup_dir) if n.startswith(".tmp-")]
     assert leftovers == [], f"temp dirs left after the next backup: {leftovers}"

@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +92,7 @@ def template(tmp_path_factory) -> dict:
     _write_state(root, "new")
     _run(root, "backup")
     _write_state(root, "old")
+    (root / "sparkq" / "data" / "sparkq.lock").touch()
     bundle = next((root / "sparkq/data/backups").glob("sparkq_2*"))
     digests = {"old": db_digest(root / "sparkq/data/sparkq.db"), "new": _ro_digest(bundle / "sparkq.db")}
     assert digests["old"] != digests["new"]
@@ -107,33 +107,17 @@ def _install(template: dict, root: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def window(template, tmp_path_factory) -> tuple[float, float]:
-    """(start, end) after spawning the restore: from a little before it starts writing (its
-    pre-restore temp dir appears) to its exit; the median of three measured runs."""
-    starts, ends = [], []
+def duration(template, tmp_path_factory, killing):
+    """Seconds from the restore taking the supervisor lock to its exit: three runs to start with,
+    then every complete restore the tests make; the last 5% (interpreter exit) is left out."""
+    runs = []
     for i in range(3):
         root = tmp_path_factory.mktemp(f"calibrate{i}")
         _install(template, root)
-        backup_dir = root / "sparkq" / "data" / "backups"
-        t0 = time.monotonic()
-        proc = subprocess.Popen([str(SPARKQ_BIN), "backup-restore", "1", "--yes"], cwd=root,
-                                env=base_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                stdin=subprocess.DEVNULL)
-        first = None
-        try:
-            while proc.poll() is None:
-                if first is None and any(n.startswith(".tmp-") for n in os.listdir(backup_dir)):
-                    first = time.monotonic() - t0
-                time.sleep(0.002)  # polling the run being measured
-        finally:
-            proc.kill()
-            proc.wait()
-        assert proc.returncode == 0
-        ends.append(time.monotonic() - t0)
-        starts.append(first if first is not None else ends[-1] / 2)
-    start, end = 0.8 * statistics.median(starts), statistics.median(ends)
-    print(f"kill window for `sparkq backup-restore` of {DB_MB} MB: {start:.3f}s .. {end:.3f}s")
-    return start, end
+        anchor = killing.holds_flock(root / "sparkq" / "data" / "sparkq.lock")
+        runs.append(killing.measure([str(SPARKQ_BIN), "backup-restore", "1", "--yes"], root, base_env(root), anchor))
+    print(f"`sparkq backup-restore` of {DB_MB} MB: {statistics.median(runs):.3f}s from the lock to its exit")
+    return killing.Durations(runs, share=0.95)
 
 
 def _state_of(data: bytes | str, table: dict) -> str:
@@ -159,19 +143,16 @@ def _phase(root: Path, returncode: int, pre: list[Path], db_state: str) -> str:
         return "pre-restore bundle published"
     if any(n.startswith(".tmp-") for n in os.listdir(root / "sparkq/data/backups")):
         return "writing the pre-restore bundle"
-    return "start-up/verify"
+    return "verify"
 
 
-def test_kill_9_restore(project, template, window, kill_at, phases, rng):
+def test_kill_9_restore(project, template, duration, killing, kill_at, phases, rng):
     root = project.root
     _install(template, root)
-    start, end = window
-    at = start + kill_at * (end - start)
+    at = kill_at * duration.current
     proc = project.popen(str(SPARKQ_BIN), "backup-restore", "1", "--yes", stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(max(0.0, at - 0.002))  # the kill timing itself
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    assert killing.kill(proc, killing.holds_flock(project.root / "sparkq" / "data" / "sparkq.lock"), at)
 
     pre = sorted(project.backup_dir.glob("sparkq_preRestore_*"))
     yml_state = _state_of(project.config.read_text(), YML)
@@ -183,8 +164,8 @@ def test_kill_9_restore(project, template, window, kill_at, phases, rng):
     digest = db_digest(project.db)
     db_state = next((s for s in STATES if template["digest"][s] == digest), None)
     phase = _phase(root, proc.returncode, pre, db_state)
-    phases("kill -9 backup-restore", phase)
-    print(f"killed at {at:.3f}s in phase {phase!r}: db {db_state}, yml {yml_state}, env {env_state}")
+    phases("kill -9 backup-restore, where the kills landed", phase)
+    print(f"killed {at:.3f}s after the lock, in phase {phase!r}: db {db_state}, yml {yml_state}, env {env_state}")
 
     assert db_state is not None, "the live DB holds neither the old nor the restored content"
     order = {"old": 0, "new": 1}
@@ -196,9 +177,10 @@ def test_kill_9_restore(project, template, window, kill_at, phases, rng):
     if db_state == "new":
         assert pre, "the DB was replaced but no pre-restore bundle exists"
 
-    # Running the restore again completes and leaves no temp file beside the live data.
-    again = project.cli("backup-restore", "1", "--yes")
-    assert again.returncode == 0, again.stdout + again.stderr
+    # Running the restore again completes (timed, to keep the kill moments in step with the
+    # machine's pace) and leaves no temp file beside the live data.
+    duration.add(killing.measure([str(SPARKQ_BIN), "backup-restore", "1", "--yes"], root, project.env,
+                                 killing.holds_flock(root / "sparkq" / "data" / "sparkq.lock")))
     assert db_digest(project.db) == template["digest"]["new"]
     assert project.config.read_text() == YML["new"] and (root / ".env").read_text() == ENV["new"]
     assert _temp_leftovers(root) == []
