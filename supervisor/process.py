@@ -138,13 +138,16 @@ def _not_ours(info: PidInfo) -> str | None:
             return "that PID now belongs to another process"
         if proc.status() == psutil.STATUS_ZOMBIE:
             return "the process has exited (zombie)"
-        expected = info.cmdline if info.cmdline is not None else info.argv
+        # We start the server in a session of its own, so it leads that session for life (exec
+        # keeps it). The command line would not do: right after the spawn it may still be the
+        # pre-exec one (`env python3 ...`). A pidfile naming some other live process, even with
+        # its real create_time, fails here.
         try:
-            actual = proc.cmdline()
-        except psutil.AccessDenied:
-            actual = expected  # cannot read it (hidepid?): create_time has to do
-        if expected and actual != expected:
-            return "that PID runs another command than the one recorded"
+            leader = os.getsid(info.pid) == info.pid
+        except OSError:
+            leader = False
+        if not leader:
+            return "that PID is not a server we started (it does not lead its own session)"
     except psutil.NoSuchProcess:
         return "the process is gone"
     except psutil.AccessDenied:
@@ -174,8 +177,8 @@ def process_identity(pid: int) -> tuple[float, list[str] | None]:
         proc = psutil.Process(pid)
         try:
             cmdline = proc.cmdline()
-        except psutil.AccessDenied:
-            cmdline = None
+        except (psutil.AccessDenied, psutil.ZombieProcess):
+            cmdline = None  # informational only; a zombie is reported by the health wait
         return proc.create_time(), cmdline
     except psutil.NoSuchProcess:
         raise StartFailed(f"the server (PID {pid}) exited right after answering; see the server log") from None

@@ -26,21 +26,38 @@ def test_no_pidfile_is_simply_not_running(project):
     assert process.identify(_paths(project)) == (None, None)
 
 
+def _session_leader(project):
+    """A child in a session of its own, as the supervisor starts the server."""
+    child = project.popen(sys.executable, "-c", "import time; time.sleep(600)", start_new_session=True)
+    return child, psutil.Process(child.pid)
+
+
 def test_own_process_with_its_identity_is_alive(project):
-    me = psutil.Process()
-    _write(project, pid=me.pid, create_time=me.create_time(), argv=me.cmdline(), host="127.0.0.1",
+    child, proc = _session_leader(project)
+    _write(project, pid=child.pid, create_time=proc.create_time(), argv=proc.cmdline(), host="127.0.0.1",
            port=project.port, started_at="x", url=project.url)
     info = process.server_alive(_paths(project))
-    assert info is not None and info.pid == os.getpid()
+    assert info is not None and info.pid == child.pid
     assert project.pidfile.exists()
 
 
-def test_recorded_cmdline_wins_over_argv(project):
-    """A #! script runs as `interpreter script`: the kernel's cmdline is what gets compared."""
-    me = psutil.Process()
-    _write(project, pid=me.pid, create_time=me.create_time(), argv=["./server.py"], cmdline=me.cmdline(),
-           host="127.0.0.1", port=project.port, started_at="x", url=project.url)
+def test_identity_survives_exec(project):
+    """Recorded right after the spawn, the command line may still be the pre-exec one
+    (`env python3 server.py`); the server is still ours after the exec."""
+    child, proc = _session_leader(project)
+    _write(project, pid=child.pid, create_time=proc.create_time(), argv=["/usr/bin/env", "python3", "x.py"],
+           cmdline=["/usr/bin/env", "python3", "x.py"], host="127.0.0.1", port=project.port,
+           started_at="x", url=project.url)
     assert process.server_alive(_paths(project)) is not None
+
+
+def test_a_live_process_that_does_not_lead_its_session_is_not_ours(project):
+    me = psutil.Process()
+    _write(project, pid=me.pid, create_time=me.create_time(), argv=me.cmdline(), host="127.0.0.1",
+           port=project.port, started_at="x", url=project.url)
+    info, notice = process.identify(_paths(project))
+    assert info is None and "not a server we started" in notice
+    assert not project.pidfile.exists()
 
 
 def test_stale_pidfiles_are_reported_once_and_removed(project):

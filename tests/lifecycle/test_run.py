@@ -11,6 +11,7 @@ import subprocess
 import pytest
 
 from helpers import SPARKQ_BIN, wait_until
+from supervisor.process import probe_health
 
 
 def _run(project, env=None) -> subprocess.Popen:
@@ -21,9 +22,12 @@ def _run(project, env=None) -> subprocess.Popen:
 def _wait_ready(project, fake, proc) -> int:
     def ready():
         assert proc.poll() is None, proc.communicate()
-        return project.pidfile.exists() and json.loads(project.pidfile.read_text())["pid"]
+        # The pidfile is written at the spawn; the server is ready once it answers health.
+        if not project.pidfile.exists() or not probe_health(project.url + "/health", timeout=0.5)[0]:
+            return None
+        return json.loads(project.pidfile.read_text())["pid"]
 
-    pid = wait_until(ready, what="run to write the pidfile")
+    pid = wait_until(ready, what="run's server to answer health")
     project.reaper.add(pid)
     return pid
 
