@@ -102,7 +102,7 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
     started = time.monotonic()
     unshare_pre_restore(settings)
     path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False, progress=progress)
-    pruned, problems = _prune(settings.paths.backup_dir, keep)
+    pruned, problems = _prune(settings.paths.backup_dir, keep, protect=path.name)
     return BackupResult(
         name=path.name,
         path=str(path),
@@ -540,7 +540,7 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
 # --- retention --------------------------------------------------------------------------------
 
 
-def _prune(backup_dir: Path, keep: int) -> tuple[list[str], list[str]]:
+def _prune(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[list[str], list[str]]:
     """Returns (names deleted, problems). Deletion problems are reported, never raised: the new
     backup is already safely in place."""
     from .catalog import scan
@@ -553,7 +553,7 @@ def _prune(backup_dir: Path, keep: int) -> tuple[list[str], list[str]]:
         with retention_lock(backup_dir):
             _remove_stale_temps(backup_dir)
             regular, _pre_restore = scan(backup_dir)
-            for entry in regular[keep:]:
+            for entry in _past_keep(regular, keep, protect):
                 try:
                     _delete(entry, backup_dir)
                 except OSError as exc:
@@ -567,6 +567,20 @@ def _prune(backup_dir: Path, keep: int) -> tuple[list[str], list[str]]:
     if pruned:
         log.get().info("backups_pruned", names=pruned, keep=keep)
     return pruned, problems
+
+
+def _past_keep(regular: list, keep: int, protect: str | None) -> list:
+    """What retention deletes: the backups past the newest `keep`, sparing two of them.
+
+    - `protect`, the backup just written: a clock set back, or bundles copied in from another
+      host, can sort it past `keep`, and a backup must never delete itself.
+    - The newest backup whose integrity check was ok, when none of the kept ones is: a series
+      of starts on a damaged database must not push the last good backup out.
+    """
+    spared = {protect}
+    if not any(e.integrity_check == "ok" for e in regular[:keep]):
+        spared.add(next((e.name for e in regular if e.integrity_check == "ok"), None))
+    return [e for e in regular[keep:] if e.name not in spared]
 
 
 def _delete(entry, backup_dir: Path) -> None:

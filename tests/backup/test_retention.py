@@ -117,3 +117,32 @@ def test_prune_rejects_a_bad_keep(settings, bad):
 def test_prune_without_a_backup_dir_is_a_no_op(settings):
     assert not settings.paths.backup_dir.exists()
     assert create.prune(settings, 1) == []
+
+
+def test_a_backup_never_prunes_itself(settings, monkeypatch):
+    """Bundles dated in the future (a clock set back since) sort first; the new one survives."""
+    _clock(monkeypatch, datetime(2099, 1, 1, tzinfo=timezone.utc))
+    future = [create.write_bundle(settings, trigger="manual").name for _ in range(2)]
+    monkeypatch.setattr(create, "_now", _REAL_NOW)
+    monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "1")
+    result = create.create_backup(settings, trigger="manual")
+    assert result.name not in result.pruned
+    assert (settings.paths.backup_dir / result.name).is_dir()
+    assert result.pruned == [future[0]]  # the newest by date stays too
+
+
+def test_the_newest_good_backup_outlives_a_run_of_damaged_ones(settings, monkeypatch):
+    good = create.create_backup(settings, trigger="start").name
+    conn = sqlite3.connect(settings.paths.db)  # damage an index: still opens, integrity fails
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE type='index' LIMIT 1").fetchone()[0]
+    conn.close()
+    page = 4096 * (root - 1)
+    with open(settings.paths.db, "r+b") as fh:
+        fh.seek(page + 8)
+        fh.write(b"\xff" * 64)
+    monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "2")
+    damaged = [create.create_backup(settings, trigger="start") for _ in range(4)]
+    assert all(r.integrity_check != "ok" for r in damaged)
+    names = [e.name for e in scan(settings.paths.backup_dir)[0]]
+    assert good in names, "the last good backup was pruned"
+    assert names[:2] == [damaged[-1].name, damaged[-2].name]
