@@ -123,7 +123,7 @@ def stop() -> None:
     """Stop the server: SIGTERM to its process group, SIGKILL after server.stop_timeout."""
     from .lifecycle import stop as do_stop
 
-    _emit(do_stop(_settings()))
+    _emit(do_stop(_settings(lenient=True)))  # a broken sparkq.yml must not keep a server running
 
 
 @app.command()

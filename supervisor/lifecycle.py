@@ -7,18 +7,17 @@ from another shell while it runs. `status` never takes the lock and never writes
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 
 from . import log, process
-from .errors import SparkqError, StartFailed
+from .errors import SparkqError, StartFailed, UsageError
 from .fmt import human_size
+from .interrupts import sigterm_unwinds
 from .locking import supervisor_lock
 
 _EXPOSED_HOSTS = ("0.0.0.0", "::", "")
@@ -150,7 +149,7 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
         notices.append(stale)
     if info is not None:
         return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
-    with _sigterm_unwinds():
+    with sigterm_unwinds():
         settings = _prepare(settings, notices, skip_backup)
         backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
         spawned = process.spawn(settings)
@@ -166,23 +165,6 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
     return StartResult(pid=info.pid, url=info.url, backup=backup, backup_text=backup_text, notices=notices)
 
 
-@contextlib.contextmanager
-def _sigterm_unwinds():
-    """SIGTERM during a start unwinds like Ctrl-C, so a half-started server is not left behind."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(_signum, _frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _prepare(settings, notices: list[str], skip_backup: bool):
     """First-run set-up, exposure warning and port check: everything before the backup."""
     paths = settings.paths
@@ -192,9 +174,10 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
         except SparkqError as exc:
             raise _not_started(exc) from None
     if not paths.db.exists():
+        _refuse_fresh_db_over_backups(paths)
         from .setup import run_setup
 
-        result = run_setup(settings)
+        result = run_setup(settings, locked=True)
         wrote = f"; wrote {', '.join(result.wrote)}" if result.wrote else ""
         notices.append(f"first run: created the database {paths.db}{wrote}")
         log.get().info("first_run_setup", db=str(paths.db), wrote=result.wrote)
@@ -210,6 +193,22 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
     return settings
+
+
+def _refuse_fresh_db_over_backups(paths) -> None:
+    """A missing DB with backups beside it is an accident (deleted file, wrong database.path),
+    not a first run: starting would seed an empty DB and each start would push a good backup out."""
+    from .backup.catalog import scan
+
+    try:
+        regular = scan(paths.backup_dir)[0]
+    except (OSError, SparkqError):
+        return
+    if regular:
+        raise UsageError(
+            f"the database {paths.db} is missing but {len(regular)} backup(s) exist; restore the newest "
+            "with ./sparkq.sh backup-restore 1 --db-only, or run ./sparkq.sh setup to start empty"
+        )
 
 
 def _pre_start_backup(settings, trigger: str, skip_backup: bool) -> tuple[dict | None, str | None]:

@@ -15,8 +15,12 @@ DEFAULT_WAIT = 120.0
 
 
 @contextlib.contextmanager
-def supervisor_lock(lockfile: Path, *, wait: float = DEFAULT_WAIT) -> Iterator[None]:
-    """Hold an exclusive flock on `lockfile`, waiting up to `wait` seconds for another command."""
+def supervisor_lock(lockfile: Path, *, wait: float = DEFAULT_WAIT, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `lockfile`, waiting up to `wait` seconds for another command.
+
+    `shared` lets several holders in at once (manual backups) while keeping out the exclusive
+    ones (start, stop, restart, setup, restore) and being kept out by them.
+    """
     lockfile.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -25,7 +29,7 @@ def supervisor_lock(lockfile: Path, *, wait: float = DEFAULT_WAIT) -> Iterator[N
         delay = 0.01
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:

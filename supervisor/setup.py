@@ -36,7 +36,17 @@ class SetupResult:
         return "\n".join(lines)
 
 
-def run_setup(settings: Settings, *, reseed: bool = False) -> SetupResult:
+def run_setup(settings: Settings, *, reseed: bool = False, locked: bool = False) -> SetupResult:
+    """`locked`: the caller (a first start) already holds the supervisor lock."""
+    if not locked:
+        from .locking import supervisor_lock
+
+        with supervisor_lock(settings.paths.lockfile):
+            return _setup(settings, reseed)
+    return _setup(settings, reseed)
+
+
+def _setup(settings: Settings, reseed: bool) -> SetupResult:
     from sparkq import storage
 
     paths = settings.paths

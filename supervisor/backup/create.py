@@ -28,6 +28,7 @@ from typing import Any
 
 from .. import log
 from ..fmt import human_size
+from ..locking import supervisor_lock
 from ..errors import BackupFailed, SparkqError, UsageError
 from ..fsutil import fsync_dir, fsync_file
 
@@ -91,14 +92,21 @@ class BackupResult:
 def create_backup(settings, *, trigger: str, progress: bool = False, locked: bool = False) -> BackupResult:
     """Validate retention, take one bundle, then prune old ones. Skips when there is no DB yet.
 
-    `locked` says the caller holds the supervisor lock (the pre-start hook). Either way this does
-    not take it: the snapshot runs beside a running server and beside other backups, publishing
-    is a rename that never replaces, and only retention is serialized (`retention_lock`).
+    `locked` says the caller holds the supervisor lock (the pre-start hook). Otherwise (a manual
+    backup) the lock is taken shared: backups run beside each other and beside a running server,
+    but never while start, setup or a restore changes the files they read.
     """
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
     if not db.exists():
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
+    if locked:
+        return _backup_and_prune(settings, trigger, keep, progress)
+    with supervisor_lock(settings.paths.lockfile, shared=True):
+        return _backup_and_prune(settings, trigger, keep, progress)
+
+
+def _backup_and_prune(settings, trigger: str, keep: int, progress: bool) -> BackupResult:
     started = time.monotonic()
     unshare_pre_restore(settings)
     path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False, progress=progress)

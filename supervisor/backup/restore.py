@@ -23,6 +23,8 @@ from urllib.parse import quote
 
 from .. import log
 from ..errors import InUse, SparkqError, UsageError, VerificationFailed
+from ..interrupts import sigterm_unwinds
+from .create import unshare_pre_restore
 from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
 
 SCOPES = ("full", "db", "config", "yml", "env", "templates")
@@ -149,8 +151,6 @@ def restore_backup(
         raise UsageError(f"unknown restore scope {scope!r}; use one of {', '.join(SCOPES)}")
     if tables is not None:
         tables = _check_tables(tables)
-    from .create import unshare_pre_restore
-
     paths = settings.paths
     with supervisor_lock(paths.lockfile):
         _refuse_if_in_use(paths)
@@ -434,12 +434,16 @@ def _place_all(settings, entry, scope: str, steps: list[Step], plan: Plan) -> Re
     pre_path, notes = _pre_restore(settings, replaces_db=replaces_db)
     placed: list[Step] = []
     try:
-        for step in steps:
-            _place(step, paths)
-            placed.append(step)
-    except (OSError, sqlite3.Error, SparkqError) as exc:
+        with sigterm_unwinds():
+            for step in steps:
+                _place(step, paths)
+                placed.append(step)
+    except BaseException as exc:  # Ctrl-C (and SIGTERM, see the CLI) roll back too
         _roll_back(placed, pre_path, paths)
+        unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
         log.get().error("restore_failed", backup=entry.name, target=str(step.target), error=str(exc))
+        if not isinstance(exc, Exception):
+            raise
         raise SparkqError(
             f"restore failed placing {step.target} ({exc}); what was already placed is back as it was "
             f"(the previous state is also in {pre_path.name}); check free space and permissions, then retry"

@@ -1,0 +1,66 @@
+"""Guards around the lifecycle: no fresh DB over existing backups, stop despite a broken config,
+and manual backups kept out while an exclusive command (start, setup, restore) runs."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import psutil
+
+from helpers import SPARKQ_BIN, wait_until
+from supervisor import config
+from supervisor.locking import supervisor_lock
+from supervisor.setup import run_setup
+
+
+def test_start_refuses_to_seed_a_fresh_db_over_existing_backups(project, fake):
+    run_setup(config.load())
+    assert project.cli("backup").returncode == 0
+    project.db.unlink()
+    proc = project.cli("start")
+    assert proc.returncode == 2
+    assert "is missing but 1 backup(s) exist" in proc.stderr and "backup-restore 1 --db-only" in proc.stderr
+    assert not project.db.exists() and not project.pidfile.exists()
+
+
+def test_stop_works_with_a_broken_sparkq_yml(project, fake):
+    assert project.cli("start").returncode == 0
+    good = project.config.read_text()
+    project.config.write_text(good + "server: [\n")
+    proc = project.cli("stop")
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped (PID" in proc.stdout and "using default paths" in proc.stderr
+    assert not project.pidfile.exists()
+
+
+def test_manual_backup_waits_for_an_exclusive_command(project):
+    run_setup(config.load())
+    settings = config.load()
+    release = threading.Event()
+    held = threading.Event()
+
+    def hold():
+        with supervisor_lock(settings.paths.lockfile):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        backup = project.popen(str(SPARKQ_BIN), "backup", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def waiting_on_lock():
+            assert backup.poll() is None, "the backup did not wait for the exclusive holder"
+            files = [f.path for f in psutil.Process(backup.pid).open_files()]
+            return str(settings.paths.lockfile) in files
+
+        wait_until(waiting_on_lock, what="the backup to wait on the supervisor lock")
+        assert not any(project.backup_dir.glob("sparkq_*")), "a bundle was written under an exclusive lock"
+    finally:
+        release.set()
+        holder.join()
+    out, err = backup.communicate(timeout=60)
+    assert backup.returncode == 0, err
+    wait_until(lambda: any(project.backup_dir.glob("sparkq_*")), what="the bundle after the lock was released")
