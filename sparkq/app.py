@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, storage
 
+_MAX_INT = 2**31 - 1  # SQLite stores up to 2**63 - 1; a timeout beyond 68 years is a typo
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 Text = Annotated[str, Field(max_length=100_000)]
 Status = Literal["queued", "running", "succeeded", "failed"]
@@ -111,12 +112,12 @@ class RoleUpdate(_Body):
 
 class TaskClassCreate(_Body):
     name: Name
-    timeout: int = Field(gt=0)
+    timeout: int = Field(gt=0, le=_MAX_INT)
     description: Optional[str] = None
 
 
 class TaskClassUpdate(_Body):
-    timeout: Optional[int] = Field(None, gt=0)
+    timeout: Optional[int] = Field(None, gt=0, le=_MAX_INT)
     description: Optional[str] = None
 
 
@@ -163,7 +164,7 @@ class TaskCreate(_Body):
     queue_id: str = Field(min_length=1)
     tool_name: str = Field(min_length=1)
     task_class: Optional[str] = None
-    timeout: Optional[int] = Field(None, gt=0)
+    timeout: Optional[int] = Field(None, gt=0, le=_MAX_INT)
     payload: Any = None
 
 
@@ -520,6 +521,12 @@ def _install_error_handlers(app: FastAPI) -> None:
                 content={"detail": "database is busy (another process holds a lock); retry shortly"},
             )
         raise exc
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(UnicodeEncodeError)
+    async def _unstorable(_request: Request, exc: Exception) -> JSONResponse:
+        # a number SQLite cannot hold, or text with lone surrogates (valid JSON, invalid UTF-8)
+        return JSONResponse(status_code=422, content={"detail": f"value cannot be stored: {exc}"})
 
     @app.exception_handler(DatabaseClosed)
     async def _closed(_request: Request, _exc: DatabaseClosed) -> JSONResponse:

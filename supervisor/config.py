@@ -73,7 +73,7 @@ class Settings:
         if raw is None:
             return self.values["backup.keep"]
         text = raw.strip()
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise ConfigError(f"{KEEP_ENV}={raw!r} is not a whole number >= 1; set it to e.g. 7")
         return int(text)
 

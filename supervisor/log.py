@@ -68,7 +68,9 @@ def _configure(log_file: Path | None, verbose: bool) -> None:
             structlog.stdlib.ProcessorFormatter(
                 processors=[
                     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.dict_tracebacks,
+                    # no local variables in tracebacks: they could hold the server's environment
+                    structlog.processors.ExceptionRenderer(
+                        structlog.tracebacks.ExceptionDictTransformer(show_locals=False)),
                     structlog.processors.JSONRenderer(),
                 ],
                 foreign_pre_chain=shared,

@@ -235,10 +235,12 @@ def _env_line(line: str) -> tuple[str, str] | None:
     ) or not key.isascii():
         return None
     value = value.strip()
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        value = value[1:-1]
-    elif value and value[0] in "\"'":
-        return None  # an opening quote that is never closed
+    if value and value[0] in "\"'":
+        close = value.find(value[0], 1)
+        rest = value[close + 1:].strip() if close > 0 else ""
+        if close < 0 or (rest and not rest.startswith("#")):
+            return None  # an opening quote never closed, or text after the closing one
+        value = value[1:close]
     else:
         value = value.split(" #", 1)[0].rstrip()
     return key, value

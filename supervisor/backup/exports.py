@@ -64,11 +64,12 @@ def export_json(settings, ref: str, kind: str) -> str:
     if entry.format == "bundle":
         path = entry.member(filename)
         if path is not None:
-            text = path.read_text(encoding="utf-8")
             try:
+                text = path.read_text(encoding="utf-8")
                 json.loads(text)
-            except ValueError:
-                raise VerificationFailed(f"{path}: not valid JSON; try another backup or backup-verify") from None
+            except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                raise VerificationFailed(f"{path}: not readable JSON ({exc}); try another backup "
+                                         "or ./sparkq.sh backup-verify") from None
             return text.rstrip("\n")
     db = entry.db_file
     if db is None:

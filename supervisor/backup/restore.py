@@ -543,7 +543,8 @@ def _merge(settings, entry, tables: list[str], plan: Plan) -> RestoreResult:
         source = entry.db_file
         if wal is not None and wal.stat().st_size > 0:
             source = _fold_copy(source, wal, Path(tmp))
-        conn = sqlite3.connect(paths.db, timeout=5, isolation_level=None, uri=False)
+        # A URI main connection, so that ATTACH reads the next URI as one on every SQLite build.
+        conn = sqlite3.connect(paths.db.absolute().as_uri(), timeout=5, isolation_level=None, uri=True)
         try:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("ATTACH DATABASE ? AS bk", (_ro_uri(source),))

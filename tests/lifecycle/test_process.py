@@ -96,12 +96,13 @@ def test_env_file_parsing(tmp_path):
     env.write_bytes(
         b"# comment\n\nA=1\nexport B = two words \nC=\"quoted # not a comment\"\nD='single'\n"
         b"E=value # trailing comment\nF=\n=nokey\nG\n1H=x\nI=\"unclosed\nJ=\xff\xfe\nK=last\n"
+        b"L=\"x y\" # a comment after the quotes\nM='a' junk\n"
     )
     with capture_logs() as events:
         parsed = process.read_env_file(env)
     assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single",
-                      "E": "value", "F": "", "K": "last"}
-    assert len(events) == 1 and events[0]["lines"] == [9, 10, 11, 12, 13]
+                      "E": "value", "F": "", "K": "last", "L": "x y"}
+    assert len(events) == 1 and events[0]["lines"] == [9, 10, 11, 12, 13, 16]
     assert "unclosed" not in repr(events) and "nokey" not in repr(events)
     assert process.read_env_file(tmp_path / "missing") == {}
 

@@ -264,6 +264,8 @@ def test_bad_input_gets_a_clear_4xx(server: Server):
         _detail(c.get(path), 404)
     _detail(c.post("/api/tasks/nope/complete", json={}), 404)
     _detail(c.post("/api/sessions/nope/end"), 404)
+    _detail(c.post("/api/task-classes", json={"name": "BIG", "timeout": 2**70}), 422)
+    _detail(c.put("/api/config/ui/odd", content=b'{"value": "\\ud800"}', **raw), 422)
     assert c.get("/health").json()["status"] == "ok"
 
 

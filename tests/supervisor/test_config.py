@@ -79,7 +79,7 @@ def test_relative_paths_resolve_against_config_folder(project, tmp_path, monkeyp
     assert s.paths.pidfile.parent == project.root / "sparkq/data"
 
 
-@pytest.mark.parametrize("raw", ["0", "-3", "abc", "1e9", "", "2.5"])
+@pytest.mark.parametrize("raw", ["0", "-3", "abc", "1e9", "", "2.5", "\u00b2", "\u0663"])
 def test_keep_env_rejects_non_whole_numbers(project, monkeypatch, raw):
     monkeypatch.setenv("SPARKQ_BACKUP_KEEP", raw)
     with pytest.raises(ConfigError, match="SPARKQ_BACKUP_KEEP"):
