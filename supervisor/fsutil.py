@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -44,7 +47,7 @@ def remove_stale_temps(target: Path) -> None:
         return
     for name in names:
         pid = name[len(prefix):] if name.startswith(prefix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             path = target.parent / name
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -55,7 +58,10 @@ def remove_stale_temps(target: Path) -> None:
                 pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this PID exists (a PID we may not signal counts as alive)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,6 +71,23 @@ def _pid_alive(pid: int) -> bool:
     except (OverflowError, OSError):
         return False
     return True
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a regular file, read 1 MiB at a time (hashlib releases the GIL as it hashes).
+
+    Refuses symlinks and special files (a FIFO would block) with an OSError.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with open(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        digest = hashlib.sha256()
+        buf = bytearray(_CHUNK)
+        view = memoryview(buf)
+        while n := fh.readinto(buf):
+            digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(target: Path, data: bytes, mode: int = 0o600) -> None:

@@ -30,7 +30,7 @@ from .. import log
 from ..fmt import human_size
 from ..locking import supervisor_lock
 from ..errors import BackupFailed, SparkqError, UsageError
-from ..fsutil import fsync_dir, fsync_file
+from ..fsutil import fsync_dir, fsync_file, pid_alive, sha256_file
 
 BACKUP_VERSION = "2.0"
 DB_NAME = "sparkq.db"
@@ -205,17 +205,6 @@ def unshare_pre_restore(settings) -> list[str]:
         log.get().warning("pre_restore_unshared", name=item.name,
                           hint="a restore was interrupted before it replaced the database")
     return fixed
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read 1 MiB at a time (hashlib releases the GIL while it hashes)."""
-    digest = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            digest.update(view[:n])
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -610,23 +599,9 @@ def _remove_stale_temps(backup_dir: Path) -> None:
     """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
     for item in os.scandir(backup_dir):
         match = _TEMP_RE.match(item.name)
-        if match and item.is_dir(follow_symlinks=False) and not _pid_alive(int(match["pid"])):
+        if match and item.is_dir(follow_symlinks=False) and not pid_alive(int(match["pid"])):
             shutil.rmtree(item.path, ignore_errors=True)
             log.get().info("backup_temp_removed", name=item.name)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
 
 
 # --- the snapshot and its failures ------------------------------------------------------------

@@ -6,7 +6,6 @@ in C with the GIL released, so they run side by side in two threads.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -14,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VerificationFailed
+from ..fsutil import sha256_file
 from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
 
-_CHUNK = 1 << 20
 
 
 def verify_entry(entry: Entry) -> list[str]:
@@ -76,18 +75,6 @@ def _check_checksums(entry: Entry, checksums: dict) -> list[str]:
         if actual != expected.lower():
             problems.append(f"{rel}: checksum mismatch (the file changed since the backup was taken)")
     return problems
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a regular file, refusing symlinks and special files (a FIFO would block)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise VerificationFailed(f"{path} is not a regular file")
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_database(entry: Entry) -> list[str]:
