@@ -29,8 +29,9 @@ from typing import Any
 from .. import log
 from ..fmt import human_size
 from ..locking import supervisor_lock
-from ..errors import BackupFailed, SparkqError, UsageError
-from ..fsutil import fsync_dir, fsync_file, pid_alive, sha256_file
+from ..errors import BackupFailed, UsageError
+from ..fsutil import fsync_dir, fsync_file, sha256_file
+from .retention import prune_old
 
 BACKUP_VERSION = "2.0"
 DB_NAME = "sparkq.db"
@@ -41,11 +42,9 @@ TEMPLATES_SUBDIR = "setup_templates"
 TEMPLATE_FILES = ("sparkq.yml.example", ".env.example", "requirements.txt.example")
 PREFIX = "sparkq"
 PRE_RESTORE_PREFIX = "sparkq_preRestore"
-RETENTION_LOCK = ".retention.lock"
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _CHUNK = 1 << 20
-_TEMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
 _DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
@@ -110,7 +109,7 @@ def _backup_and_prune(settings, trigger: str, keep: int, progress: bool) -> Back
     started = time.monotonic()
     unshare_pre_restore(settings)
     path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False, progress=progress)
-    pruned, problems = _prune(settings.paths.backup_dir, keep, protect=path.name)
+    pruned, problems = prune_old(settings.paths.backup_dir, keep, protect=path.name)
     return BackupResult(
         name=path.name,
         path=str(path),
@@ -155,16 +154,6 @@ def snapshot_db(src: Path, dst: Path, *, timeout: float, progress: bool = False)
     _fsync_snapshot(Path(dst))
 
 
-def prune(settings, keep: int) -> list[str]:
-    """Keep the newest `keep` regular backups (bundles and legacy files together); delete the rest.
-
-    Pre-restore bundles are never counted nor deleted. Also removes temp dirs of dead writers.
-    """
-    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-        raise UsageError(f"keep must be a whole number >= 1, got {keep!r}")
-    return _prune(settings.paths.backup_dir, keep)[0]
-
-
 def unshare_pre_restore(settings) -> list[str]:
     """Give every pre-restore bundle whose sparkq.db is still a hard link of the live DB its own
     copy; returns their names.
@@ -205,15 +194,6 @@ def unshare_pre_restore(settings) -> list[str]:
         log.get().warning("pre_restore_unshared", name=item.name,
                           hint="a restore was interrupted before it replaced the database")
     return fixed
-
-
-@contextlib.contextmanager
-def retention_lock(backup_dir: Path, *, wait: float = 60.0):
-    """Serialize deleting backups (retention; restore may hold it while it reads a bundle)."""
-    from ..locking import supervisor_lock
-
-    with supervisor_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
-        yield
 
 
 # --- building a bundle ------------------------------------------------------------------------
@@ -532,76 +512,6 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
     os.rename(src, dst)
-
-
-# --- retention --------------------------------------------------------------------------------
-
-
-def _prune(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[list[str], list[str]]:
-    """Returns (names deleted, problems). Deletion problems are reported, never raised: the new
-    backup is already safely in place."""
-    from .catalog import scan
-
-    if not backup_dir.is_dir():
-        return [], []
-    pruned: list[str] = []
-    problems: list[str] = []
-    try:
-        with retention_lock(backup_dir):
-            _remove_stale_temps(backup_dir)
-            regular, _pre_restore = scan(backup_dir)
-            for entry in _past_keep(regular, keep, protect):
-                try:
-                    _delete(entry, backup_dir)
-                except OSError as exc:
-                    problems.append(f"could not delete old backup {entry.name} ({exc.strerror}); check its permissions")
-                    log.get().warning("backup_prune_failed", name=entry.name, error=str(exc))
-                    continue
-                pruned.append(entry.name)
-    except SparkqError as exc:  # the lock stayed busy, or the dir became unreadable
-        problems.append(f"old backups not pruned: {exc}")
-        log.get().warning("backup_prune_skipped", error=str(exc))
-    if pruned:
-        log.get().info("backups_pruned", names=pruned, keep=keep)
-    return pruned, problems
-
-
-def _past_keep(regular: list, keep: int, protect: str | None) -> list:
-    """What retention deletes: the backups past the newest `keep`, sparing two of them.
-
-    - `protect`, the backup just written: a clock set back, or bundles copied in from another
-      host, can sort it past `keep`, and a backup must never delete itself.
-    - The newest backup whose integrity check was ok, when none of the kept ones is: a series
-      of starts on a damaged database must not push the last good backup out.
-    """
-    spared = {protect}
-    if not any(e.integrity_check == "ok" for e in regular[:keep]):
-        spared.add(next((e.name for e in regular if e.integrity_check == "ok"), None))
-    return [e for e in regular[keep:] if e.name not in spared]
-
-
-def _delete(entry, backup_dir: Path) -> None:
-    path = Path(entry.path)
-    if entry.format == "bundle":
-        # Hide it first (one rename), so a crash half-way never leaves half a bundle listed.
-        hidden = backup_dir / f".tmp-{path.name}-{os.getpid()}"
-        os.rename(path, hidden)
-        shutil.rmtree(hidden)
-        return
-    for extra in (entry.legacy_yml, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-        if extra is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(extra)
-    os.unlink(path)
-
-
-def _remove_stale_temps(backup_dir: Path) -> None:
-    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
-    for item in os.scandir(backup_dir):
-        match = _TEMP_RE.match(item.name)
-        if match and item.is_dir(follow_symlinks=False) and not pid_alive(int(match["pid"])):
-            shutil.rmtree(item.path, ignore_errors=True)
-            log.get().info("backup_temp_removed", name=item.name)
 
 
 # --- the snapshot and its failures ------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import config
-from supervisor.backup import create
+from supervisor.backup import create, retention
 from supervisor.backup.catalog import scan
 from supervisor.errors import UsageError
 from supervisor.setup import run_setup
@@ -70,19 +70,19 @@ def test_keep_three_over_bundles_legacy_files_and_a_pre_restore(settings, monkey
     assert [e.name for e in regular] == [*reversed(made["bundles"]), made["legacy_new"][0], made["legacy_old"][0]]
     assert [e.name for e in pre] == [made["pre"]]
 
-    pruned = create.prune(settings, 3)
+    pruned = retention.prune(settings, 3)
     assert pruned == [*reversed(made["bundles"][:3]), made["legacy_new"][0], made["legacy_old"][0]]
     left = set(os.listdir(backup_dir)) - {".retention.lock"}
     assert left == {*made["bundles"][3:], made["pre"]}  # legacy .db and its .yml gone too
     regular, pre = scan(backup_dir)
     assert [e.name for e in regular] == list(reversed(made["bundles"][3:]))
     assert [e.name for e in pre] == [made["pre"]]
-    assert create.prune(settings, 3) == []
+    assert retention.prune(settings, 3) == []
 
 
 def test_legacy_files_count_with_bundles(settings, monkeypatch):
     made = _populate(settings, monkeypatch)
-    assert create.prune(settings, 7) == [made["legacy_old"][0]]
+    assert retention.prune(settings, 7) == [made["legacy_old"][0]]
     left = set(os.listdir(settings.paths.backup_dir))
     assert not set(made["legacy_old"]) & left and made["legacy_new"][0] in left
 
@@ -111,12 +111,12 @@ def test_keep_from_sparkq_yml_when_env_is_unset(project, settings, monkeypatch):
 @pytest.mark.parametrize("bad", [0, -1, True, 2.5])
 def test_prune_rejects_a_bad_keep(settings, bad):
     with pytest.raises(UsageError):
-        create.prune(settings, bad)
+        retention.prune(settings, bad)
 
 
 def test_prune_without_a_backup_dir_is_a_no_op(settings):
     assert not settings.paths.backup_dir.exists()
-    assert create.prune(settings, 1) == []
+    assert retention.prune(settings, 1) == []
 
 
 def test_a_backup_never_prunes_itself(settings, monkeypatch):

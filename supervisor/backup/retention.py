@@ -1,0 +1,107 @@
+"""Retention: keep the newest `keep` regular backups, delete the rest, clean up after crashes.
+
+Bundles and legacy `.db` files count together, newest first in catalog order; pre-restore
+bundles are never counted nor deleted. Deleting is serialized by its own short lock, so backups
+taken at once never race each other's clean-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from pathlib import Path
+
+from .. import log
+from ..errors import SparkqError, UsageError
+from ..fsutil import pid_alive
+from ..locking import supervisor_lock
+
+RETENTION_LOCK = ".retention.lock"
+# A bundle being written (or deleted) is a hidden `.tmp-<name>-<pid>` dir in the backup dir.
+TEMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
+
+
+def prune(settings, keep: int) -> list[str]:
+    """Keep the newest `keep` regular backups (bundles and legacy files together); delete the rest.
+
+    Pre-restore bundles are never counted nor deleted. Also removes temp dirs of dead writers.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise UsageError(f"keep must be a whole number >= 1, got {keep!r}")
+    return prune_old(settings.paths.backup_dir, keep)[0]
+
+
+@contextlib.contextmanager
+def retention_lock(backup_dir: Path, *, wait: float = 60.0):
+    """Serialize deleting backups (retention; restore may hold it while it reads a bundle)."""
+    with supervisor_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
+        yield
+
+
+def prune_old(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[list[str], list[str]]:
+    """Returns (names deleted, problems). Deletion problems are reported, never raised: the new
+    backup is already safely in place."""
+    from .catalog import scan
+
+    if not backup_dir.is_dir():
+        return [], []
+    pruned: list[str] = []
+    problems: list[str] = []
+    try:
+        with retention_lock(backup_dir):
+            _remove_stale_temps(backup_dir)
+            regular, _pre_restore = scan(backup_dir)
+            for entry in _past_keep(regular, keep, protect):
+                try:
+                    _delete(entry, backup_dir)
+                except OSError as exc:
+                    problems.append(f"could not delete old backup {entry.name} ({exc.strerror}); check its permissions")
+                    log.get().warning("backup_prune_failed", name=entry.name, error=str(exc))
+                    continue
+                pruned.append(entry.name)
+    except SparkqError as exc:  # the lock stayed busy, or the dir became unreadable
+        problems.append(f"old backups not pruned: {exc}")
+        log.get().warning("backup_prune_skipped", error=str(exc))
+    if pruned:
+        log.get().info("backups_pruned", names=pruned, keep=keep)
+    return pruned, problems
+
+
+def _past_keep(regular: list, keep: int, protect: str | None) -> list:
+    """What retention deletes: the backups past the newest `keep`, sparing two of them.
+
+    - `protect`, the backup just written: a clock set back, or bundles copied in from another
+      host, can sort it past `keep`, and a backup must never delete itself.
+    - The newest backup whose integrity check was ok, when none of the kept ones is: a series
+      of starts on a damaged database must not push the last good backup out.
+    """
+    spared = {protect}
+    if not any(e.integrity_check == "ok" for e in regular[:keep]):
+        spared.add(next((e.name for e in regular if e.integrity_check == "ok"), None))
+    return [e for e in regular[keep:] if e.name not in spared]
+
+
+def _delete(entry, backup_dir: Path) -> None:
+    path = Path(entry.path)
+    if entry.format == "bundle":
+        # Hide it first (one rename), so a crash half-way never leaves half a bundle listed.
+        hidden = backup_dir / f".tmp-{path.name}-{os.getpid()}"
+        os.rename(path, hidden)
+        shutil.rmtree(hidden)
+        return
+    for extra in (entry.legacy_yml, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        if extra is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(extra)
+    os.unlink(path)
+
+
+def _remove_stale_temps(backup_dir: Path) -> None:
+    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
+    for item in os.scandir(backup_dir):
+        match = TEMP_RE.match(item.name)
+        if match and item.is_dir(follow_symlinks=False) and not pid_alive(int(match["pid"])):
+            shutil.rmtree(item.path, ignore_errors=True)
+            log.get().info("backup_temp_removed", name=item.name)
