@@ -2,9 +2,9 @@
 
 A bundle is built in a hidden `.tmp-<name>-<pid>` folder inside the backup dir, every file and
 folder fsynced, then renamed into place under a name no other bundle has, so a bundle exists
-whole or not at all. Publishing needs no lock: the rename refuses to replace anything and moves
-on to the next `_N` suffix, so concurrent backups each get their own bundle. Only retention is
-serialized, with a short flock on `.retention.lock` in the backup dir.
+whole or not at all. The rename refuses to replace anything and moves on to the next `_N`
+suffix, so concurrent backups each get their own bundle (they share the supervisor lock; only
+start, setup and restore exclude them). Retention (retention.py) runs after a publish.
 """
 
 from __future__ import annotations
