@@ -136,6 +136,15 @@ def _atomic_place(target: Path, mode: int, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def rotate_log(path: Path, limit: int = 10 << 20) -> None:
+    """Keep a log from growing forever: past `limit` bytes it becomes `<name>.1` (one generation)."""
+    try:
+        if path.stat().st_size > limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except OSError:
+        pass
+
+
 def private_mkdir(path: Path) -> None:
     """Create `path` (and parents) with mode 0700 whatever the umask."""
     path.mkdir(parents=True, exist_ok=True)

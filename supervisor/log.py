@@ -60,6 +60,9 @@ def _configure(log_file: Path | None, verbose: bool) -> None:
     if log_file is not None:
         try:
             log_file.parent.mkdir(parents=True, exist_ok=True)
+            from .fsutil import rotate_log
+
+            rotate_log(log_file)
             handler = logging.FileHandler(log_file, encoding="utf-8")
         except OSError:
             return

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import log
 from .errors import SparkqError, StartFailed
-from .fsutil import atomic_write_bytes
+from .fsutil import atomic_write_bytes, rotate_log
 from .paths import Paths
 
 # psutil's create_time comes from clock ticks since boot; two reads of it may differ by a tick.
@@ -286,6 +286,7 @@ def spawn(settings) -> Spawned:
     paths = settings.paths
     argv = server_argv(settings)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
+    rotate_log(paths.server_log)
     with open(paths.server_log, "ab") as out:
         out.write(f"--- {now_iso()} sparkq supervisor starting: {' '.join(argv)}\n".encode())
         out.flush()
