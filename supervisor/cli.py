@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import FAILURE, USAGE, SparkqError, UsageError
+from .errors import FAILURE, SparkqError, UsageError
 
 app = typer.Typer(
     name="sparkq",
@@ -326,4 +326,4 @@ def _unexpected(exc: Exception) -> None:
     return FAILURE
 
 
-__all__ = ["app", "main", "USAGE"]
+__all__ = ["app", "main"]

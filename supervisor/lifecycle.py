@@ -449,10 +449,8 @@ def status(settings) -> StatusResult:
 def _newest_backup(backup_dir) -> tuple[str | None, float | None]:
     from datetime import datetime, timezone
 
-    try:
-        from .backup.catalog import scan
-    except ImportError:
-        return None, None
+    from .backup.catalog import scan
+
     try:
         regular, _pre_restore = scan(backup_dir)
     except Exception as exc:  # noqa: BLE001 - status reports; a bad backup dir must not break it

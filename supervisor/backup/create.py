@@ -29,7 +29,7 @@ from typing import Any
 from .. import log
 from ..fmt import human_size
 from ..locking import supervisor_lock
-from ..errors import BackupFailed, UsageError
+from ..errors import BackupFailed
 from ..fsutil import fsync_dir, fsync_file, sha256_file
 from .retention import prune_old
 
@@ -130,17 +130,14 @@ def write_bundle(
     trigger: str,
     prefix: str = PREFIX,
     link_db: bool = False,
-    lock_held: bool = True,
     progress: bool = False,
 ) -> Path:
     """Build one bundle and publish it; returns its final path.
 
     `link_db` hard-links the live DB instead of snapshotting it (restore's pre-restore copy, taken
-    while the server is down and the DB checkpointed); that is only safe under the supervisor lock,
-    so it requires `lock_held`. A DB with a non-empty -wal beside it is snapshotted anyway.
+    while the server is down and the DB checkpointed): only safe for a caller that holds the
+    supervisor lock exclusively. A DB with a non-empty -wal beside it is snapshotted anyway.
     """
-    if link_db and not lock_held:
-        raise UsageError("link_db needs the supervisor lock (the server must be down); take it first")
     return _write_bundle(settings, trigger=trigger, prefix=prefix, link_db=link_db, progress=progress)[0]
 
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from .. import log
 from ..errors import InUse, SparkqError, UsageError, VerificationFailed
 from ..interrupts import sigterm_unwinds
+from .catalog import resolve
 from .create import unshare_pre_restore
 from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
 
@@ -155,7 +156,7 @@ def restore_backup(
     with supervisor_lock(paths.lockfile):
         _refuse_if_in_use(paths)
         unshare_pre_restore(settings)  # an earlier restore killed mid-way may have left a link
-        entry = _resolve(settings, ref)
+        entry = resolve(settings, ref)
         steps, notes = ([], []) if tables else _steps(entry, scope, paths)
         if tables and entry.db_file is None:
             raise UsageError(f"backup {entry.name} has no sparkq.db to merge tables from; pick another backup")
@@ -178,8 +179,7 @@ def _refuse_if_in_use(paths) -> None:
 
     info = process.server_alive(paths)
     if info is not None:
-        pid = getattr(info, "pid", info)
-        raise InUse(f"the server is running (PID {pid}); stop it first: ./sparkq.sh stop")
+        raise InUse(f"the server is running (PID {info.pid}); stop it first: ./sparkq.sh stop")
     holder = _db_holder(paths.db)
     if holder is not None:
         who = f" (PID {holder})" if holder > 0 else ""
@@ -234,12 +234,6 @@ def _db_holder(db: Path) -> int | None:
 
 
 # --- step 2: resolve the backup, match the scope against what it holds -----------------------
-
-
-def _resolve(settings, ref: str):
-    from . import catalog
-
-    return catalog.resolve(settings, ref)
 
 
 def _check_tables(tables: list[str]) -> list[str]:
@@ -353,22 +347,14 @@ def _counts(db: Path | None, wal: Path | None) -> dict | str:
     """Row counts of `db` (with `wal` folded in when non-empty), read without changing either."""
     from sparkq import storage
 
+    from .catalog import open_backup_db
+
     if db is None:
         return "no database"
     try:
-        if wal is not None and wal.exists() and wal.stat().st_size > 0:
-            with tempfile.TemporaryDirectory(prefix="sparkq-count-") as tmp:
-                folded = _fold_copy(db, wal, Path(tmp))
-                conn = sqlite3.connect(_ro_uri(folded), uri=True)
-                try:
-                    return storage.counts(conn)
-                finally:
-                    conn.close()
-        conn = sqlite3.connect(_ro_uri(db), uri=True)
-        try:
+        wal = wal if wal is not None and wal.exists() and wal.stat().st_size > 0 else None
+        with open_backup_db(db, wal) as conn:
             return storage.counts(conn)
-        finally:
-            conn.close()
     except (sqlite3.Error, OSError) as exc:
         return f"unreadable ({exc})"
 
@@ -399,7 +385,7 @@ def _pre_restore(settings, *, replaces_db: bool) -> tuple[Path, list[str]]:
             notes.append(f"the current database could not be checkpointed ({problem}); "
                          "it is kept as it was in the pre-restore bundle")
     path = create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX,
-                               link_db=link, lock_held=True)
+                               link_db=link)
     return Path(path), notes
 
 
