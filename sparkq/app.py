@@ -515,7 +515,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sqlite3.OperationalError)
     async def _busy(_request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if storage.is_busy(exc):
             return JSONResponse(
                 status_code=503, headers={"Retry-After": "1"},
                 content={"detail": "database is busy (another process holds a lock); retry shortly"},

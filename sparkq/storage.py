@@ -321,6 +321,12 @@ def counts(conn: sqlite3.Connection) -> dict[str, int]:
     }
 
 
+def is_busy(exc: BaseException) -> bool:
+    """Whether an sqlite3 error means "another connection holds a lock" (SQLITE_BUSY/LOCKED)."""
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
 def checkpoint_and_close(conn: sqlite3.Connection) -> None:
     """Fold the WAL back into the main file, then close; the file then stands alone."""
     try:

@@ -633,9 +633,11 @@ def _locked(src: Path, timeout: float) -> BackupFailed:
 
 
 def _sqlite_failure(exc: sqlite3.Error, src: Path, dst: Path, timeout: float) -> BackupFailed:
-    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+    from sparkq.storage import is_busy
+
+    if is_busy(exc):
         return _locked(src, timeout)
+    code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
     if code == sqlite3.SQLITE_NOTADB:
         return BackupFailed(
             f"backup failed: {src} is not a SQLite database ({exc}); check database.path in sparkq.yml "

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
 
+from sparkq import storage
+
 from .. import log
 from ..errors import InUse, SparkqError, UsageError, VerificationFailed
 from ..interrupts import sigterm_unwinds
@@ -224,7 +226,7 @@ def _db_holder(db: Path) -> int | None:
         conn.execute("BEGIN EXCLUSIVE")
         conn.execute("ROLLBACK")
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if storage.is_busy(exc):
             return 0
     except sqlite3.DatabaseError:
         pass  # not a database (corrupt): nobody can be using it; the restore may replace it
@@ -399,7 +401,7 @@ def _checkpoint(db: Path) -> str | None:
         conn.execute("PRAGMA busy_timeout=0")
         busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
     except sqlite3.OperationalError as exc:
-        if "locked" in str(exc) or "busy" in str(exc):
+        if storage.is_busy(exc):
             raise InUse(f"another process is using {db}; stop it first: ./sparkq.sh stop") from None
         return str(exc)
     except sqlite3.DatabaseError as exc:
