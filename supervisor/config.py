@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
 
 KEEP_ENV = "SPARKQ_BACKUP_KEEP"
+_CACHE_NAME = ".config-cache.json"
 CONFIG_ENV = "SPARKQ_CONFIG"
 
 # key path -> (expected type(s), default, description of what is expected)
@@ -100,7 +101,7 @@ def load(
                 raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
         return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
     try:
-        raw = _read_yaml(path)
+        raw = _read_cached(path, root / "sparkq" / "data" / _CACHE_NAME)
         values, warnings = _validate(path, raw)
     except ConfigError as exc:
         if not lenient:
@@ -124,6 +125,38 @@ def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], n
         backup_dir=resolve(values["backup.dir"]),
     )
     return Settings(paths=paths, values=values, warnings=warnings, notice=notice)
+
+
+def _read_cached(path: Path, cache: Path) -> Any:
+    """The parsed YAML of `path`, from a JSON cache while the file is unchanged.
+
+    Importing PyYAML costs more than the rest of a quick command (`status`, `backup-list`), so
+    the parse is kept as JSON beside the data, keyed by the file's path, mtime, size and inode.
+    Only data that survives a JSON round trip unchanged is cached; validation always runs.
+    """
+    import json
+
+    try:
+        st = path.stat()
+        stamp = [str(path), st.st_mtime_ns, st.st_size, st.st_ino]
+    except OSError:
+        return _read_yaml(path)  # it says why
+    try:
+        cached = json.loads(cache.read_bytes())
+        if cached["stamp"] == stamp:
+            return cached["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    data = _read_yaml(path)
+    try:
+        blob = json.dumps({"stamp": stamp, "data": data}).encode()
+        if json.loads(blob)["data"] == data and cache.parent.is_dir():
+            from .fsutil import atomic_write_bytes
+
+            atomic_write_bytes(cache, blob, mode=0o600)
+    except (OSError, TypeError, ValueError):
+        pass  # a read-only data dir, or YAML values JSON cannot hold: parse each time
+    return data
 
 
 def _read_yaml(path: Path) -> Any:

@@ -8,7 +8,6 @@ Never log secrets: nothing here reads `.env`.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -26,6 +25,8 @@ def setup(log_file: Path | None = None, *, verbose: bool = False) -> None:
 
 
 def _configure(log_file: Path | None, verbose: bool) -> None:
+    import logging
+
     import structlog
 
     shared = [
