@@ -442,19 +442,19 @@ def status(settings) -> StatusResult:
         url = health_path if health_path.startswith("http") else info.url.rstrip("/") + health_path
         ok, body = process.probe_health(url, timeout=1.0)
         result.health = body if ok else f"no healthy answer from {url}: {body}"
-    result.newest_backup, result.newest_backup_age_s = _newest_backup(paths.backup_dir)
+    result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
     return result
 
 
-def _newest_backup(backup_dir) -> tuple[str | None, float | None]:
+def _newest_backup(paths) -> tuple[str | None, float | None]:
     from datetime import datetime, timezone
 
     from .backup.catalog import scan
 
     try:
-        regular, _pre_restore = scan(backup_dir)
+        regular, _pre_restore = scan(paths.backup_dir, listing_cache=paths.listing_cache)
     except Exception as exc:  # noqa: BLE001 - status reports; a bad backup dir must not break it
-        log.get().warning("backup_scan_failed", dir=str(backup_dir), error=str(exc))
+        log.get().warning("backup_scan_failed", dir=str(paths.backup_dir), error=str(exc))
         return None, None
     if not regular:
         return None, None

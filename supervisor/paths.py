@@ -44,6 +44,11 @@ class Paths:
         return self.data_dir / "sparkq.lock"
 
     @property
+    def listing_cache(self) -> Path:
+        """backup-list's cache of what it read from each manifest (see backup/catalog.py)."""
+        return self.data_dir / ".listing-cache.json"
+
+    @property
     def log_dir(self) -> Path:
         return self.root / "sparkq" / "logs"
 

@@ -230,8 +230,13 @@ def open_backup_db(db: Path, wal: Path | None = None) -> Iterator:
 # --- scanning ---------------------------------------------------------------------------------
 
 
-def scan(backup_dir: Path) -> tuple[list[Entry], list[Entry]]:
-    """(regular backups newest first, numbered from 1; pre-restore bundles newest first)."""
+def scan(backup_dir: Path, *, listing_cache: Path | None = None) -> tuple[list[Entry], list[Entry]]:
+    """(regular backups newest first, numbered from 1; pre-restore bundles newest first).
+
+    With `listing_cache` (backup-list, status) manifests may be answered from that cache file:
+    each entry's manifest then holds only the keys a listing shows (_LISTED). Everything that
+    restores, verifies or shows a backup reads the manifests themselves.
+    """
     regular: list[Entry] = []
     pre: list[Entry] = []
     try:
@@ -240,10 +245,13 @@ def scan(backup_dir: Path) -> tuple[list[Entry], list[Entry]]:
         return [], []
     except OSError as exc:
         raise SparkqError(f"cannot read the backup dir {backup_dir} ({exc.strerror}); check its permissions")
+    cache = _ListingCache(listing_cache, backup_dir) if listing_cache else None
     for item in items:
-        entry = _entry_of(item)
+        entry = _entry_of(item, cache)
         if entry is not None:
             (pre if entry.kind == PRE_RESTORE else regular).append(entry)
+    if cache is not None:
+        cache.save()
     regular.sort(key=lambda e: e._order, reverse=True)
     pre.sort(key=lambda e: e._order, reverse=True)
     for number, entry in enumerate(regular, 1):
@@ -251,7 +259,60 @@ def scan(backup_dir: Path) -> tuple[list[Entry], list[Entry]]:
     return regular, pre
 
 
-def _entry_of(item: os.DirEntry) -> Entry | None:
+# The manifest keys a listing shows; the listing cache keeps only these.
+_LISTED = ("backup_version", "created_at", "integrity_check", "trigger", "config_file",
+           "configuration_files", "counts", "database")
+
+
+class _ListingCache:
+    """What backup-list read from each manifest, kept in one file in the data dir (never in the
+    backup dir, which holds backups only).
+
+    A thousand bundles mean a thousand manifests to open and parse on every listing; one JSON
+    file of their listed keys is an order of magnitude cheaper. An entry is used only while the
+    manifest's inode, size and mtime are the ones it was read with; a missing, damaged or
+    unwritable cache just means reading the manifests.
+    """
+
+    def __init__(self, path: Path, backup_dir: Path) -> None:
+        self.path = path
+        self.dir = str(backup_dir)
+        try:
+            with open(path, "rb") as fh:
+                saved = json.loads(fh.read())
+            self.old = saved["entries"] if saved["dir"] == self.dir and isinstance(saved["entries"], dict) else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.old = {}
+        self.new: dict[str, list] = {}
+
+    def manifest(self, bundle: str, name: str) -> tuple[Any, str | None]:
+        try:
+            st = os.lstat(os.path.join(bundle, MANIFEST))
+            stamp = [st.st_ino, st.st_size, st.st_mtime_ns]
+        except OSError:
+            return _read_manifest(bundle)
+        hit = self.old.get(name)
+        if isinstance(hit, list) and len(hit) == 3 and hit[0] == stamp:
+            self.new[name] = hit
+            return hit[1], hit[2]
+        raw, damaged = _read_manifest(bundle)
+        listed = {k: raw[k] for k in _LISTED if k in raw} if damaged is None else None
+        self.new[name] = [stamp, listed, damaged]
+        return listed, damaged
+
+    def save(self) -> None:
+        if self.new == self.old or not self.path.parent.is_dir():
+            return
+        from ..fsutil import atomic_write_bytes
+
+        blob = json.dumps({"dir": self.dir, "entries": self.new}, separators=(",", ":")).encode()
+        try:
+            atomic_write_bytes(self.path, blob, mode=0o600)
+        except OSError:
+            pass  # a read-only data dir: list from the manifests next time too
+
+
+def _entry_of(item: os.DirEntry, cache: _ListingCache | None = None) -> Entry | None:
     name = item.name
     if name.startswith("."):
         return None
@@ -273,7 +334,7 @@ def _entry_of(item: os.DirEntry) -> Entry | None:
     if is_link:
         damaged = f"{name} is a symlink; refusing it"
     elif bundle:
-        raw, damaged = _read_manifest(item.path)
+        raw, damaged = cache.manifest(item.path, name) if cache else _read_manifest(item.path)
         # One lstat: a manifest can say "ok" about a sparkq.db that is a symlink to anywhere.
         damaged = damaged or _db_problem(item.path, name)
         manifest = raw if damaged is None else None
@@ -526,7 +587,7 @@ def _table(entries: list[Entry]) -> list[str]:
 
 
 def list_backups(settings) -> BackupList:
-    regular, pre = scan(settings.paths.backup_dir)
+    regular, pre = scan(settings.paths.backup_dir, listing_cache=settings.paths.listing_cache)
     return BackupList(settings.paths.backup_dir, regular, pre)
 
 

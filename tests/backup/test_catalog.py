@@ -38,6 +38,35 @@ def names(entries) -> list[str]:
 # --- listing --------------------------------------------------------------------------------
 
 
+def test_listing_cache_follows_every_change(project, seed_db):
+    bd = project.backup_dir
+    for hours in range(3):
+        make_bundle(bd, f"sparkq_{stamp(T0 + timedelta(hours=hours))}", seed_db)
+    first = catalog.list_backups(settings()).to_dict()
+    cache = settings().paths.listing_cache
+    assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
+    assert catalog.list_backups(settings()).to_dict() == first  # answered from the cache
+
+    newest = bd / first["backups"][0]["name"] / "manifest.json"
+    manifest = json.loads(newest.read_text())
+    manifest["counts"]["prompts"] = 99
+    manifest["integrity_check"] = "row 7 missing from index"  # a longer file, a new inode
+    newest.unlink()
+    newest.write_text(json.dumps(manifest))
+    shutil.rmtree(bd / first["backups"][2]["name"])
+    (bd / first["backups"][1]["name"] / "manifest.json").write_text("{broken")
+    listed = catalog.list_backups(settings()).to_dict()["backups"]
+    assert [b["counts"].get("prompts") for b in listed[:1]] == [99]
+    assert listed[0]["integrity_check"] == "row 7 missing from index"
+    assert listed[1]["damaged"] and "not valid JSON" in listed[1]["damaged"]
+    assert len(listed) == 2
+
+    cache.write_text(json.dumps({"dir": "/elsewhere", "entries": {listed[0]["name"]: [[0, 0, 0], {}, None]}}))
+    assert catalog.list_backups(settings()).to_dict()["backups"] == listed  # another dir's cache is ignored
+    cache.write_text("not json")
+    assert catalog.list_backups(settings()).to_dict()["backups"] == listed
+
+
 def test_lists_every_shape_newest_first(project, seed_db, tmp_path):
     bd = project.backup_dir
     make_legacy(bd, T0, seed_db, yml=True)
@@ -59,6 +88,7 @@ def test_lists_every_shape_newest_first(project, seed_db, tmp_path):
     before = sorted(os.listdir(bd))
     data = catalog.list_backups(settings()).to_dict()
     assert sorted(os.listdir(bd)) == before, "listing must not write beside backups"
+    assert catalog.list_backups(settings()).to_dict() == data, "the cached listing differs"
 
     rows = data["backups"]
     assert names(rows) == [damaged.name, f"sparkq_{stamp(T0 + timedelta(hours=3))}",
