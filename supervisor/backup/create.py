@@ -101,6 +101,9 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
     if locked:
         return _backup_and_prune(settings, trigger, keep, progress)
+    # A manual backup runs beside the live server: it yields the CPU to the server's requests.
+    # (The pre-start hook does not: the server is down, and start spawns it from this thread.)
+    _yield_cpu()
     with supervisor_lock(settings.paths.lockfile, shared=True):
         return _backup_and_prune(settings, trigger, keep, progress)
 
@@ -312,9 +315,9 @@ def _into(box: dict, key: str, fn, *args) -> None:
 
 
 def _yield_cpu() -> None:
-    """Run this helper thread at a lower priority: on two cores, hashing and the integrity check
-    would otherwise take the CPU from the server's writers and stretch their commit latency.
-    Linux applies it to this thread only; elsewhere it is skipped."""
+    """Run the calling thread at a lower priority: on two cores, the copy, hashing and the
+    integrity check would otherwise take the CPU from the server's writers and stretch their
+    commit latency. Linux applies it to this thread only; elsewhere it is skipped."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
     except (AttributeError, OSError):
