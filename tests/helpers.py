@@ -377,3 +377,34 @@ def bundle_problems(bundle: Path) -> list[str]:
         if rows != [("ok",)]:
             problems.append(f"integrity_check: {rows[:3]}")
     return problems
+
+
+def grow_db(db: Path, megabytes: int) -> None:
+    """Add about `megabytes` MB of random blobs to `db` (a `ballast` table), then checkpoint."""
+    import sqlite3
+
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("CREATE TABLE IF NOT EXISTS ballast(id INTEGER PRIMARY KEY, b BLOB)")
+    conn.execute("BEGIN")
+    for _ in range(megabytes * 16):
+        conn.execute("INSERT INTO ballast(b) VALUES (randomblob(65536))")
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def fake_clock(monkeypatch, start, step=None) -> None:
+    """Make supervisor.backup.create's clock return `start`, then `start + step`, and so on."""
+    from datetime import timedelta
+
+    from supervisor.backup import create
+
+    state = {"t": start}
+    step = timedelta(0) if step is None else step
+
+    def now():
+        t = state["t"]
+        state["t"] = t + step
+        return t
+
+    monkeypatch.setattr(create, "_now", now)

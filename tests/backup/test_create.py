@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from helpers import SPARKQ_BIN, wait_until
+from helpers import SPARKQ_BIN, fake_clock, grow_db, wait_until
 from supervisor import config
 from supervisor.fmt import human_size
 from supervisor.backup import create, exports
@@ -78,27 +78,6 @@ def _entries(backup_dir: Path) -> set[str]:
 
 def _temps(backup_dir: Path) -> list[str]:
     return [n for n in _entries(backup_dir) if n.startswith(".tmp-")]
-
-
-def _fixed_clock(monkeypatch, start: datetime, step: timedelta = timedelta(0)):
-    state = {"t": start}
-
-    def now():
-        t = state["t"]
-        state["t"] = t + step
-        return t
-
-    monkeypatch.setattr(create, "_now", now)
-
-
-def _grow_db(db: Path, megabytes: int) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("CREATE TABLE IF NOT EXISTS ballast(b BLOB)")
-    conn.execute("BEGIN")
-    for _ in range(megabytes * 16):
-        conn.execute("INSERT INTO ballast VALUES (randomblob(65536))")
-    conn.execute("COMMIT")
-    conn.close()
 
 
 def _one_line_error(proc: subprocess.CompletedProcess) -> str:
@@ -228,7 +207,7 @@ def test_sha256_file_matches_hashlib(tmp_path):
 
 
 def test_same_second_backups_get_distinct_names(settings, monkeypatch):
-    _fixed_clock(monkeypatch, datetime(2026, 11, 26, 10, 15, 0, tzinfo=timezone.utc))
+    fake_clock(monkeypatch, datetime(2026, 11, 26, 10, 15, 0, tzinfo=timezone.utc))
     names = [create.write_bundle(settings, trigger="manual").name for _ in range(4)]
     assert names == ["sparkq_20261126_101500", "sparkq_20261126_101500_1",
                      "sparkq_20261126_101500_2", "sparkq_20261126_101500_3"]
@@ -265,7 +244,7 @@ def test_publish_never_replaces_and_takes_the_next_suffix(tmp_path):
 
 
 def test_concurrent_cli_backups_each_publish_and_retention_keeps_them(project, settings, monkeypatch):
-    _fixed_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
+    fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     old = [create.write_bundle(settings, trigger="manual").name for _ in range(3)]
     procs = [project.popen(str(SPARKQ_BIN), "backup", "--json", env={"SPARKQ_BACKUP_KEEP": "3"},
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
@@ -386,7 +365,7 @@ def test_live_db_failing_integrity_is_backed_up_with_a_loud_warning(settings):
 
 
 def test_progress_line_on_request_only(settings, tmp_path, capsys):
-    _grow_db(settings.paths.db, 4)
+    grow_db(settings.paths.db, 4)
     create.snapshot_db(settings.paths.db, tmp_path / "quiet.db", timeout=5)
     assert capsys.readouterr().err == ""
     create.snapshot_db(settings.paths.db, tmp_path / "loud.db", timeout=5, progress=True)
@@ -404,7 +383,7 @@ def test_progress_line_on_request_only(settings, tmp_path, capsys):
 
 @pytest.mark.parametrize("bad", ["0", "-3", "abc", "1e9", ""])
 def test_invalid_keep_fails_before_anything_is_written_or_deleted(settings, monkeypatch, bad):
-    _fixed_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
+    fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     for _ in range(3):
         create.write_bundle(settings, trigger="manual")
     (settings.paths.backup_dir / ".tmp-sparkq_20200101_000000-999999999").mkdir()
@@ -429,7 +408,7 @@ def _fsize_limit(limit: int):
 def test_disk_full_gives_one_clear_line_and_leaves_nothing(project, settings):
     old = create.create_backup(settings, trigger="manual")
     old_files = {rel: create.sha256_file(Path(old.path) / rel) for rel in _bundle_files(Path(old.path))}
-    _grow_db(settings.paths.db, 3)
+    grow_db(settings.paths.db, 3)
     proc = subprocess.run([str(SPARKQ_BIN), "backup"], cwd=project.root, env=project.env, capture_output=True,
                           text=True, timeout=120, preexec_fn=_fsize_limit(1 << 20))
     assert proc.returncode == 1, proc.stderr
@@ -531,7 +510,6 @@ def test_permission_denied_on_the_backup_dir(project, settings):
     locked.mkdir(mode=0o500)
     locked.chmod(0o500)
     project.write_config("backup:\n  dir: locked/backups\n")
-    backup_dir = locked / "backups"
     try:
         if os.geteuid() != 0:
             with pytest.raises(BackupFailed, match="permission") as info:
@@ -573,7 +551,7 @@ def test_leftover_temp_dirs_of_dead_writers_are_ignored_then_removed(settings):
 
 
 def test_a_failed_backup_prunes_nothing(settings, monkeypatch):
-    _fixed_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
+    fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     for _ in range(3):
         create.write_bundle(settings, trigger="manual")
     before = _entries(settings.paths.backup_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fake_clock
 from supervisor import config
 from supervisor.backup import create, retention
 from supervisor.backup.catalog import scan
@@ -23,17 +24,6 @@ def settings(project):
     s = config.load()
     run_setup(s)
     return s
-
-
-def _clock(monkeypatch, start: datetime, step: timedelta = timedelta(days=1)) -> None:
-    state = {"t": start}
-
-    def now():
-        t = state["t"]
-        state["t"] = t + step
-        return t
-
-    monkeypatch.setattr(create, "_now", now)
 
 
 def _legacy(backup_dir: Path, stamp: str, yml: bool) -> list[str]:
@@ -55,9 +45,9 @@ def _populate(settings, monkeypatch) -> dict:
     backup_dir = settings.paths.backup_dir
     legacy_old = _legacy(backup_dir, "20200101_000000", yml=True)
     legacy_new = _legacy(backup_dir, "20200102_000000", yml=False)
-    _clock(monkeypatch, datetime(2019, 6, 1, tzinfo=timezone.utc))
+    fake_clock(monkeypatch, datetime(2019, 6, 1, tzinfo=timezone.utc), timedelta(days=1))
     pre = create.write_bundle(settings, trigger="pre-restore", prefix=create.PRE_RESTORE_PREFIX).name
-    _clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc))
+    fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     bundles = [create.write_bundle(settings, trigger="start").name for _ in range(6)]
     monkeypatch.setattr(create, "_now", _REAL_NOW)
     return {"legacy_old": legacy_old, "legacy_new": legacy_new, "pre": pre, "bundles": bundles}
@@ -98,7 +88,7 @@ def test_create_backup_applies_env_keep_after_publishing(settings, monkeypatch):
 
 
 def test_keep_from_sparkq_yml_when_env_is_unset(project, settings, monkeypatch):
-    _clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc))
+    fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     for _ in range(4):
         create.write_bundle(settings, trigger="start")
     monkeypatch.setattr(create, "_now", _REAL_NOW)
@@ -121,7 +111,7 @@ def test_prune_without_a_backup_dir_is_a_no_op(settings):
 
 def test_a_backup_never_prunes_itself(settings, monkeypatch):
     """Bundles dated in the future (a clock set back since) sort first; the new one survives."""
-    _clock(monkeypatch, datetime(2099, 1, 1, tzinfo=timezone.utc))
+    fake_clock(monkeypatch, datetime(2099, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     future = [create.write_bundle(settings, trigger="manual").name for _ in range(2)]
     monkeypatch.setattr(create, "_now", _REAL_NOW)
     monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "1")

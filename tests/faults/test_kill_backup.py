@@ -15,27 +15,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from helpers import SPARKQ_BIN, base_env, bundle_problems, live_state, tree_state
+from helpers import SPARKQ_BIN, base_env, bundle_problems, grow_db, live_state, tree_state
 
 DB_MB = 28
-
-
-def _grow(db: Path, megabytes: int) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("CREATE TABLE IF NOT EXISTS ballast(id INTEGER PRIMARY KEY, b BLOB)")
-    conn.execute("BEGIN")
-    for _ in range(megabytes * 16):
-        conn.execute("INSERT INTO ballast(b) VALUES (randomblob(65536))")
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
 
 
 def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -51,7 +39,7 @@ def template(tmp_path_factory) -> Path:
     (root / ".env").write_text("SPARKQ_FAULT_SECRET=kill-backup\n")
     proc = _run(root, "backup")
     assert proc.returncode == 0, proc.stderr
-    _grow(root / "sparkq" / "data" / "sparkq.db", DB_MB)
+    grow_db(root / "sparkq" / "data" / "sparkq.db", DB_MB)
     return root
 
 

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-import pytest
 
 from helpers import SPARKQ_BIN, bundle_problems, listening, server_processes, wait_until
 

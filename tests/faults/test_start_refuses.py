@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,23 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SPARKQ_BIN, assert_no_server, live_state, one_line_error, tree_state
+from helpers import SPARKQ_BIN, assert_no_server, grow_db, live_state, one_line_error, tree_state
 
 
 def _setup(project, extra_config: str = "") -> None:
     assert project.cli("setup").returncode == 0
     project.write_config(extra_config)
-
-
-def _grow(db: Path, megabytes: int) -> None:
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("CREATE TABLE IF NOT EXISTS ballast(b BLOB)")
-    conn.execute("BEGIN")
-    for _ in range(megabytes * 16):
-        conn.execute("INSERT INTO ballast VALUES (randomblob(65536))")
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
 
 
 def _mount_tmpfs(where: Path, options: str) -> bool:
@@ -89,7 +77,7 @@ def test_disk_full_on_a_small_tmpfs(project, tmpfs):
     _setup(project, f"backup:\n  dir: {fs / 'backups'}\n")
     for _ in range(2):  # older bundles, small enough to fit
         assert project.cli("backup").returncode == 0
-    _grow(project.db, 3)
+    grow_db(project.db, 3)
     backup_dir = fs / "backups"
     old = tree_state(backup_dir)
 
@@ -117,7 +105,7 @@ def _fsize_limit(limit: int):
 def test_file_size_limit_during_the_pre_start_backup(project):
     _setup(project)
     assert project.cli("backup").returncode == 0
-    _grow(project.db, 3)
+    grow_db(project.db, 3)
     old = tree_state(project.backup_dir)
     line = _refused_start(project, preexec=_fsize_limit(1 << 20))
     assert "backup failed" in line and "df -h" in line, line
