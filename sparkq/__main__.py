@@ -15,16 +15,15 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from supervisor.config import WILDCARD_HOSTS
 from supervisor.errors import SparkqError
 
 from . import __version__, storage
 
-_WILDCARD_HOSTS = ("0.0.0.0", "::", "")
-
 
 def exposure_warning(host: str) -> str | None:
     """The warning to print when `host` makes the API reachable from other machines."""
-    if host.strip("[]") in _WILDCARD_HOSTS:
+    if host.strip("[]") in WILDCARD_HOSTS:
         return (
             f"sparkq: WARNING: listening on {host or 'all interfaces'}: the API has no authentication and is "
             "reachable from the network; set server.host to 127.0.0.1 unless that is intended"

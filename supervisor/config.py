@@ -17,6 +17,8 @@ from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
 
 KEEP_ENV = "SPARKQ_BACKUP_KEEP"
 _CACHE_NAME = ".config-cache.json"
+# Bind addresses that make the server reachable from other machines.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 CONFIG_ENV = "SPARKQ_CONFIG"
 
 # key path -> (expected type(s), default, description of what is expected)
@@ -57,7 +59,7 @@ class Settings:
     @property
     def base_url(self) -> str:
         host = self.host
-        if host in ("0.0.0.0", "", "::"):
+        if host in WILDCARD_HOSTS:
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"

@@ -20,8 +20,6 @@ from .fmt import human_size
 from .interrupts import sigterm_unwinds
 from .locking import supervisor_lock
 
-_EXPOSED_HOSTS = ("0.0.0.0", "::", "")
-
 
 # --- results ---------------------------------------------------------------------------------
 
@@ -185,7 +183,9 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
             from . import config
 
             settings = config.load(paths.config_file, root=paths.root)
-    if settings.host in _EXPOSED_HOSTS:
+    from .config import WILDCARD_HOSTS
+
+    if settings.host in WILDCARD_HOSTS:
         log.get().warning("server_exposed", host=settings.host,
                           hint="the server is reachable from the network; set server.host: 127.0.0.1 "
                                "in sparkq.yml to keep it local")
