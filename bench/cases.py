@@ -14,6 +14,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.paths import Paths
+
 from . import dbgen
 from .proc import PYTHON, SPARKQ, BenchError, Run, free_port, kill_pidfile_server, run, serve_alone, stop_proc
 from .report import Report, Row, fmt_s, size_label
@@ -39,20 +41,25 @@ class Project:
     env: dict
 
     @property
+    def paths(self) -> Paths:
+        """The same paths the supervisor uses for this root (the default sparkq.yml layout)."""
+        return Paths.default(self.root)
+
+    @property
     def data_dir(self) -> Path:
-        return self.root / "sparkq" / "data"
+        return self.paths.data_dir
 
     @property
     def db(self) -> Path:
-        return self.data_dir / "sparkq.db"
+        return self.paths.db
 
     @property
     def backup_dir(self) -> Path:
-        return self.data_dir / "backups"
+        return self.paths.backup_dir
 
     @property
     def pidfile(self) -> Path:
-        return self.data_dir / "sparkq.pid"
+        return self.paths.pidfile
 
 
 def _fmt_ms(ms: float) -> str:
