@@ -47,3 +47,7 @@ class BackupFailed(SparkqError):
 
 class StartFailed(SparkqError):
     """The server did not come up healthy."""
+
+
+class BackupDiskFull(BackupFailed):
+    """A backup ran out of space; nothing partial was left."""

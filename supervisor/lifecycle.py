@@ -150,29 +150,41 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
     with sigterm_unwinds():
         settings = _prepare(settings, notices, skip_backup)
         backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
-        spawned = process.spawn(settings)
         try:
-            # The pidfile goes first: a start killed while it waits must not leave a server that
-            # status and stop cannot see. A failed start removes it again.
-            info = _record(settings, spawned, mode="start")
-            process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
+            spawned = process.spawn(settings)
+            try:
+                # The pidfile goes first: a start killed while it waits must not leave a server that
+                # status and stop cannot see. A failed start removes it again.
+                info = _record(settings, spawned, mode="start")
+                process.wait_healthy(spawned, settings.health_url, float(settings.get("server.start_timeout")))
+            except BaseException:
+                _discard(settings, spawned)
+                raise
         except BaseException:
-            _discard(settings, spawned)
+            if backup_text:  # the backup was taken (or found unchanged) all the same: say so
+                print(backup_text, file=sys.stderr)
             raise
+        backup_text = _prune_after_healthy(settings, backup) or backup_text
     log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)
-    return StartResult(pid=info.pid, url=info.url, backup=backup, backup_text=backup_text, notices=notices)
+    return StartResult(pid=info.pid, url=info.url, backup=backup and backup.to_dict(), backup_text=backup_text,
+                       notices=notices)
 
 
 def _prepare(settings, notices: list[str], skip_backup: bool):
     """First-run set-up, exposure warning and port check: everything before the backup."""
+    from .backup.history import unshare_pre_restore
+
     paths = settings.paths
     if not skip_backup:
         try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
             settings.backup_keep()
         except SparkqError as exc:
             raise _not_started(exc) from None
+    _refuse_unusable_db_over_backups(paths)
+    # The server is about to write the DB: a pre-restore bundle must not share its inode (even
+    # with --skip-backup, which takes no backup that would otherwise do this).
+    unshare_pre_restore(settings)
     if not paths.db.exists():
-        _refuse_fresh_db_over_backups(paths)
         from .setup import run_setup
 
         result = run_setup(settings, locked=True)
@@ -195,23 +207,63 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
     return settings
 
 
-def _refuse_fresh_db_over_backups(paths) -> None:
-    """A missing DB with backups beside it is an accident (deleted file, wrong database.path),
-    not a first run: starting would seed an empty DB and each start would push a good backup out."""
+def _refuse_unusable_db_over_backups(paths) -> None:
+    """A DB that is missing, empty, not SQLite, or has none of SparkQ's tables, with backups
+    beside it, is an accident (deleted or truncated file, wrong database.path), not a first run:
+    starting would seed an empty DB and back it up as if it were good."""
     from .backup.catalog import scan
 
+    problem = _db_unusable(paths.db)
+    if problem is None:
+        return
     try:
         regular = scan(paths.backup_dir)[0]
     except (OSError, SparkqError):
         return
     if regular:
+        fresh = "run ./sparkq.sh setup" if problem == "is missing" else "move it aside and run ./sparkq.sh setup"
         raise UsageError(
-            f"the database {paths.db} is missing but {len(regular)} backup(s) exist; restore the newest "
-            "with ./sparkq.sh backup-restore 1 --db-only, or run ./sparkq.sh setup to start empty"
+            f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
+            f"with ./sparkq.sh backup-restore 1 --db-only, or {fresh} to start empty"
         )
 
 
-def _pre_start_backup(settings, trigger: str, skip_backup: bool) -> tuple[dict | None, str | None]:
+def _db_unusable(db) -> str | None:
+    """Why `db` cannot be a SparkQ database (ours or the original's), or None. Only what is
+    certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""
+    import sqlite3
+
+    from sparkq.storage import TABLES
+
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:
+        return None
+    if not head:
+        return "is empty (0 bytes)"
+    if head != b"SQLite format 3\x00":
+        return "is not a SQLite database"
+    try:
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=5)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        return "is not a SQLite database" if code == sqlite3.SQLITE_NOTADB else None
+    if not names & set(TABLES):
+        return "has none of SparkQ's tables"
+    return None
+
+
+def _pre_start_backup(settings, trigger: str, skip_backup: bool):
+    """(BackupResult or None, its line). Writes nothing when the newest bundle holds this state
+    already, and leaves retention to _prune_after_healthy: a start that fails must never push
+    good history out (a crash loop would otherwise rotate every bundle away)."""
     if skip_backup:
         log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
                           hint="no backup of the current state was taken")
@@ -220,10 +272,20 @@ def _pre_start_backup(settings, trigger: str, skip_backup: bool) -> tuple[dict |
 
     log.get().info("pre_start_backup", trigger=trigger)
     try:
-        result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True)
+        result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True,
+                               prune=False, skip_unchanged=True)
     except SparkqError as exc:
         raise _not_started(exc) from None
-    return result.to_dict(), result.text() or result.notice
+    return result, result.text() or result.notice
+
+
+def _prune_after_healthy(settings, backup) -> str | None:
+    """Retention for the pre-start backup, now that the server is up; returns its new line."""
+    if backup is None:
+        return None
+    from .backup.create import prune_after
+
+    return prune_after(settings, backup).text()
 
 
 def _not_started(exc: SparkqError) -> SparkqError:
@@ -388,7 +450,7 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
     notifier.send("STATUS=pre-start backup")
     with notifier.extend_timeout(120, every=20):  # a big DB must not hit TimeoutStartSec
         settings = _prepare(settings, notices, skip_backup)
-        _backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
+        backup, backup_text = _pre_start_backup(settings, "run", skip_backup)
     for line in [*notices, backup_text]:
         if line:
             print(line, file=sys.stderr)
@@ -403,6 +465,11 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
                                      stop_requested=lambda: forwarder.stopping)
         if isinstance(ready, int):
             return spawned, None
+        if backup is not None:
+            _prune_after_healthy(settings, backup)
+            if backup.pruned:
+                n = len(backup.pruned)
+                print(f"backup: pruned {n} old backup{'s' if n != 1 else ''} (backup.keep)", file=sys.stderr)
         return spawned, info
     except BaseException:
         forwarder.restore()

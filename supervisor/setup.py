@@ -64,6 +64,9 @@ def _setup(settings: Settings, reseed: bool) -> SetupResult:
         atomic_copy(paths.templates_dir / template, target, mode=mode)
         result.wrote.append(target.name)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
+    from .backup.history import unshare_pre_restore
+
+    unshare_pre_restore(settings)  # setup writes the DB: a pre-restore bundle must not share it
     outcome = storage.setup_database(paths.db, reseed=reseed)
     result.created_tables = list(outcome["created"])
     result.seeded = dict(outcome["seeded"])

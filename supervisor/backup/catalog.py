@@ -338,6 +338,8 @@ def _entry_of(item: os.DirEntry, cache: _ListingCache | None = None) -> Entry | 
         # One lstat: a manifest can say "ok" about a sparkq.db that is a symlink to anywhere.
         damaged = damaged or _db_problem(item.path, name)
         manifest = raw if damaged is None else None
+    # One order everywhere (listing, restore refs, retention): the manifest's created_at, which
+    # carries an offset, else the name as local time, else the mtime.
     created = _parse_iso(manifest.get("created_at")) if manifest else None
     if created is None:
         created = _parse_name_time(day, clock)
@@ -433,6 +435,7 @@ _MANIFEST_CHECKS = {
     "created_at": lambda v: isinstance(v, str),
     "integrity_check": lambda v: isinstance(v, str),
     "trigger": lambda v: v is None or isinstance(v, str),
+    "project_id": lambda v: isinstance(v, str),
     "config_file": lambda v: isinstance(v, bool),
     "configuration_files": lambda v: isinstance(v, dict),
     "database": lambda v: isinstance(v, dict),
@@ -459,10 +462,14 @@ def _manifest_problem(m: Any) -> str | None:
 
 
 def _parse_name_time(day: str, clock: str) -> datetime | None:
+    """A name read as the machine's local time: the original SparkQ names its backups with
+    `date +%Y%m%d_%H%M%S`, and legacy `.db` files carry no other clock. (Our bundles carry
+    `created_at` with an offset in their manifest, which wins whenever it can be read.)"""
     try:  # by hand: strptime costs more than reading the whole manifest
-        return datetime(int(day[:4]), int(day[4:6]), int(day[6:]), int(clock[:2]), int(clock[2:4]),
-                        int(clock[4:]), tzinfo=timezone.utc)
-    except ValueError:
+        naive = datetime(int(day[:4]), int(day[4:6]), int(day[6:]), int(clock[:2]), int(clock[2:4]),
+                         int(clock[4:]))
+        return naive.astimezone(timezone.utc)  # a naive datetime is taken as local time
+    except (ValueError, OverflowError, OSError):
         return None
 
 

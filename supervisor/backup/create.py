@@ -4,7 +4,9 @@ A bundle is built in a hidden `.tmp-<name>-<pid>` folder inside the backup dir, 
 folder fsynced, then renamed into place under a name no other bundle has, so a bundle exists
 whole or not at all. The rename refuses to replace anything and moves on to the next `_N`
 suffix, so concurrent backups each get their own bundle (they share the supervisor lock; only
-start, setup and restore exclude them). Retention (retention.py) runs after a publish.
+start, setup and restore exclude them). Retention (retention.py) runs after a publish, or for a
+pre-start backup only once the server is healthy (lifecycle.py calls prune_after). The history
+rules (whose bundles count, when a backup is not needed, a full disk) are in history.py.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from typing import Any
 from .. import log
 from ..fmt import human_size
 from ..locking import supervisor_lock
-from ..errors import BackupFailed
+from ..errors import BackupDiskFull, BackupFailed
 from ..fsutil import fsync_dir, fsync_file, sha256_file
-from .retention import prune_old
+from . import history
+from .history import unshare_pre_restore  # noqa: F401 - restore.py takes it from here
+from .retention import prune_for
 
 BACKUP_VERSION = "2.0"
 DB_NAME = "sparkq.db"
@@ -55,6 +59,7 @@ class BackupResult:
     path: str | None = None
     trigger: str = "manual"
     skipped: bool = False
+    unchanged_since: str | None = None  # nothing written: that bundle holds this state already
     notice: str | None = None
     created_at: str | None = None
     db_size: int = 0
@@ -67,12 +72,14 @@ class BackupResult:
         return asdict(self)
 
     def text(self) -> str:
-        if self.skipped:
-            return f"backup skipped: {self.notice}"
         pruned = ""
         if self.pruned:
             n = len(self.pruned)
             pruned = f"; pruned {n} old backup{'s' if n != 1 else ''}"
+        if self.unchanged_since:
+            return f"backup: unchanged since {self.unchanged_since}, none written{pruned}"
+        if self.skipped:
+            return f"backup skipped: {self.notice}"
         health = "integrity ok" if self.integrity_check == "ok" else "INTEGRITY CHECK FAILED"
         lines = [f"backup {self.name} ({human_size(self.db_size)}, {health}) in {self.duration_s:.2f}s{pruned}"]
         if self.integrity_check != "ok":
@@ -88,40 +95,96 @@ class BackupResult:
 # --- public entry points ----------------------------------------------------------------------
 
 
-def create_backup(settings, *, trigger: str, progress: bool = False, locked: bool = False) -> BackupResult:
+def create_backup(settings, *, trigger: str, progress: bool = False, locked: bool = False,
+                  prune: bool = True, skip_unchanged: bool = False) -> BackupResult:
     """Validate retention, take one bundle, then prune old ones. Skips when there is no DB yet.
 
     `locked` says the caller holds the supervisor lock (the pre-start hook). Otherwise (a manual
     backup) the lock is taken shared: backups run beside each other and beside a running server,
     but never while start, setup or a restore changes the files they read.
+
+    `skip_unchanged` (automatic backups): write nothing when the newest bundle of this project
+    holds exactly this state (history.py). `prune=False` leaves retention to the caller, which
+    calls prune_after once it is sure (a start: when the server is healthy).
     """
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
     if not db.exists():
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
     if locked:
-        return _backup_and_prune(settings, trigger, keep, progress)
+        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged)
     with supervisor_lock(settings.paths.lockfile, shared=True):
-        return _backup_and_prune(settings, trigger, keep, progress)
+        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged)
 
 
-def _backup_and_prune(settings, trigger: str, keep: int, progress: bool) -> BackupResult:
+def prune_after(settings, result: BackupResult) -> BackupResult:
+    """Retention for a backup taken with prune=False (also when it found the state unchanged:
+    the newest bundle stands for it); nothing when there was no database to back up."""
+    protect = result.name or result.unchanged_since
+    if protect is None:
+        return result
+    pruned, problems = prune_for(settings, settings.backup_keep(), protect=protect)
+    result.pruned = pruned
+    result.notice = "; ".join(filter(None, [result.notice, *problems])) or None
+    return result
+
+
+def _backup_and_prune(settings, trigger: str, keep: int, progress: bool, prune: bool,
+                      skip_unchanged: bool) -> BackupResult:
     started = time.monotonic()
+    paths = settings.paths
     unshare_pre_restore(settings)
-    path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False, progress=progress)
-    pruned, problems = prune_old(settings.paths.backup_dir, keep, protect=path.name)
-    return BackupResult(
+    pid = history.project_id(paths, create=True)
+    base = history.baseline(paths.backup_dir, pid, _sparkq_version(), BACKUP_VERSION) if skip_unchanged else None
+    made_room = _make_room(settings, keep)
+    try:
+        try:
+            path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False,
+                                           progress=progress, baseline=base)
+        except BackupDiskFull:
+            # The estimate was short: free what retention would free after a success, then once more.
+            if made_room or not prune_for(settings, keep)[0]:
+                raise
+            path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False,
+                                           progress=progress, baseline=base)
+    except history.Unchanged as same:
+        log.get().info("backup_unchanged", since=same.name, trigger=trigger)
+        result = BackupResult(trigger=trigger, skipped=True, unchanged_since=same.name,
+                              notice=f"unchanged since {same.name}, none written",
+                              duration_s=round(time.monotonic() - started, 3))
+        return prune_after(settings, result) if prune else result
+    result = BackupResult(
         name=path.name,
         path=str(path),
         trigger=trigger,
-        notice="; ".join(problems) or None,
         created_at=manifest["created_at"],
         db_size=manifest["database"]["bytes"],
         integrity_check=manifest["integrity_check"],
         counts=manifest["counts"],
-        pruned=pruned,
         duration_s=round(time.monotonic() - started, 3),
     )
+    return prune_after(settings, result) if prune else result
+
+
+def _make_room(settings, keep: int) -> list[str]:
+    """When the backup dir's disk is short of room for the new bundle, prune past `keep` first
+    (what retention would delete after a success anyway; the newest good backup is spared), so
+    that lowering SPARKQ_BACKUP_KEEP frees space for the next backup. Returns what was pruned."""
+    paths = settings.paths
+    free = history.free_bytes(paths.backup_dir)
+    if free is None or free >= history.room_needed(paths, _config_members(paths)):
+        return []
+    pruned = prune_for(settings, keep)[0]
+    if pruned:
+        log.get().warning("backup_pruned_for_space", names=pruned, keep=keep, free=free)
+    return pruned
+
+
+def _config_members(paths) -> dict[str, Path]:
+    """The files a bundle copies as they are: bundle name -> source."""
+    members = {YML_NAME: paths.config_file, ENV_NAME: paths.env_file}
+    members.update({f"{TEMPLATES_SUBDIR}/{t}": paths.templates_dir / t for t in TEMPLATE_FILES})
+    return {rel: src for rel, src in members.items() if src.is_file()}
 
 
 def write_bundle(
@@ -151,48 +214,6 @@ def snapshot_db(src: Path, dst: Path, *, timeout: float, progress: bool = False)
     _fsync_snapshot(Path(dst))
 
 
-def unshare_pre_restore(settings) -> list[str]:
-    """Give every pre-restore bundle whose sparkq.db is still a hard link of the live DB its own
-    copy; returns their names.
-
-    Restore links the live DB into its pre-restore bundle instead of copying it (the server is
-    down and the DB is about to be replaced by a rename). A restore that dies between the two
-    leaves both names on one file, and the next write to the live DB would silently change the
-    bundle (its checksum then fails). Every backup, so every start, breaks such links first; the
-    copy has the same bytes, so the bundle stays valid. Costs one stat unless the live DB has
-    more than one link.
-    """
-    from ..fsutil import atomic_copy
-
-    paths = settings.paths
-    try:
-        live = os.stat(paths.db)
-        if live.st_nlink < 2:
-            return []
-        items = list(os.scandir(paths.backup_dir))
-    except OSError:
-        return []
-    fixed = []
-    for item in items:
-        if not item.name.startswith(PRE_RESTORE_PREFIX + "_") or not item.is_dir(follow_symlinks=False):
-            continue
-        linked = Path(item.path) / DB_NAME
-        try:
-            st = os.lstat(linked)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) != (live.st_dev, live.st_ino):
-            continue
-        try:
-            atomic_copy(linked, linked, mode=0o600)  # a new file under the same name; same bytes
-        except OSError as exc:
-            raise _os_failure(exc, f"copying {linked} apart from the live database") from None
-        fixed.append(item.name)
-        log.get().warning("pre_restore_unshared", name=item.name,
-                          hint="a restore was interrupted before it replaced the database")
-    return fixed
-
-
 # --- building a bundle ------------------------------------------------------------------------
 
 
@@ -200,7 +221,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progress: bool) -> tuple[Path, dict]:
+def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progress: bool,
+                  baseline=None) -> tuple[Path, dict]:
     paths = settings.paths
     backup_dir = paths.backup_dir
     started = time.monotonic()
@@ -212,7 +234,7 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     except OSError as exc:
         raise _os_failure(exc, f"creating a temp dir in the backup dir {backup_dir}") from None
     try:
-        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress)
+        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress, baseline=baseline)
         manifest = {
             "backup_version": BACKUP_VERSION,
             "created_at": created.isoformat(),
@@ -239,8 +261,11 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     return final, manifest
 
 
-def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool) -> dict:
-    """Write every member except the manifest into `tmp`; returns the manifest's other keys."""
+def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, baseline=None) -> dict:
+    """Write every member except the manifest into `tmp`; returns the manifest's other keys.
+
+    With a `baseline` bundle, raises history.Unchanged right after the snapshot when the bundle
+    would hold exactly what the baseline holds."""
     paths = settings.paths
     db = tmp / DB_NAME
     files: list[str] = []
@@ -250,6 +275,9 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool) -
         if not (link_db and _link_db(paths.db, db)):
             _snapshot_unsynced(paths.db, db, float(settings.get("backup.lock_timeout")), progress)
         files.append(DB_NAME)
+    snapshot_sha = None
+    if has_db and baseline is not None:
+        snapshot_sha = history.check_unchanged(baseline, db, _config_members(paths))
 
     # The slow parts run at once: integrity check and hash (CPU; SQLite and hashlib release the
     # GIL), the snapshot's fsync (disk), and here the exports and small copies.
@@ -258,9 +286,12 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool) -
     if has_db:
         workers = [
             threading.Thread(target=_into, args=(integrity, "check", _integrity, db), daemon=True),
-            threading.Thread(target=_into, args=(integrity, "sha", sha256_file, db), daemon=True),
             threading.Thread(target=_into, args=(integrity, "sync", _fsync_snapshot, db), daemon=True),
         ]
+        if snapshot_sha is None:
+            workers.append(threading.Thread(target=_into, args=(integrity, "sha", sha256_file, db), daemon=True))
+        else:
+            integrity["sha"] = snapshot_sha
         for w in workers:
             w.start()
     try:
@@ -295,6 +326,7 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool) -
         "sqlite_version": sqlite3.sqlite_version,
         "sparkq_version": _sparkq_version(),
         "hostname": _hostname(),
+        history.MANIFEST_KEY: history.project_id(paths, create=True),
     }
     if not has_db:
         manifest["database"]["present"] = False
@@ -670,6 +702,11 @@ def _with_progress(work, src: Path, dst: Path, cancel: threading.Event) -> None:
         raise box["done"]
 
 
+# Lowering keep works because a backup short of space prunes past keep before it writes.
+_FREE_SPACE_HINT = ("older backups are untouched; free space there (df -h {where}) or keep fewer backups: "
+                    "SPARKQ_BACKUP_KEEP=2 ./sparkq.sh backup prunes past 2 before writing")
+
+
 def _locked(src: Path, timeout: float) -> BackupFailed:
     return BackupFailed(
         f"backup failed: the database {src} stayed locked for over {timeout:g}s (backup.lock_timeout); "
@@ -688,7 +725,10 @@ def _sqlite_failure(exc: sqlite3.Error, src: Path, dst: Path, timeout: float) ->
             f"backup failed: {src} is not a SQLite database ({exc}); check database.path in sparkq.yml "
             "or restore a backup (./sparkq.sh backup-list)"
         )
-    if code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+    if code == sqlite3.SQLITE_FULL:
+        return BackupDiskFull(f"backup failed: writing the snapshot of {src} into {dst.parent.parent} failed "
+                              f"({exc}): disk full; {_FREE_SPACE_HINT.format(where=dst.parent.parent)}")
+    if code == sqlite3.SQLITE_IOERR:
         return BackupFailed(
             f"backup failed: writing the snapshot of {src} into {dst.parent.parent} failed ({exc}): "
             f"the disk is full or failing; check free space with `df -h {dst.parent.parent}`; "
@@ -708,8 +748,7 @@ def _os_failure(exc: OSError, doing: str) -> BackupFailed:
     what += f": {where})" if where is not None and str(where) not in doing else ")"
     probe = where.parent if where is not None else Path(".")
     if exc.errno in _DISK_FULL:
-        return BackupFailed(f"backup failed: {what}: disk full; check free space with `df -h {probe}`; "
-                            "older backups are untouched")
+        return BackupDiskFull(f"backup failed: {what}: disk full; {_FREE_SPACE_HINT.format(where=probe)}")
     if exc.errno in _NO_PERMISSION:
         return BackupFailed(f"backup failed: {what}; check permissions with `ls -la {probe}`")
     if exc.errno == errno.ENOTDIR:

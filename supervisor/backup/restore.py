@@ -27,6 +27,7 @@ from .. import log
 from ..errors import InUse, SparkqError, UsageError, VerificationFailed
 from ..interrupts import sigterm_unwinds
 from .catalog import resolve
+from . import history
 from .create import unshare_pre_restore
 from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
 
@@ -163,14 +164,15 @@ def restore_backup(
         if tables and entry.db_file is None:
             raise UsageError(f"backup {entry.name} has no sparkq.db to merge tables from; pick another backup")
         _verify(entry)
+        notes = [*history.origin_warnings(entry, settings), *notes]  # another project, DB path or host
         plan = _plan(entry, scope, tables, steps, notes, paths)
         if not confirm(plan):
             raise SparkqError("restore cancelled; nothing changed")
         log.get().info("restore_started", backup=entry.name, scope=scope, tables=tables,
                        targets=[s.target.name for s in steps])
-        if tables:
-            return _merge(settings, entry, tables, plan)
-        return _place_all(settings, entry, scope, steps, plan)
+        result = _merge(settings, entry, tables, plan) if tables else _place_all(settings, entry, scope, steps, plan)
+        history.record_restore(paths, entry)  # retention spares the bundle restored from
+        return result
 
 
 # --- step 1: refuse while the database is in use ---------------------------------------------

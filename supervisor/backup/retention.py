@@ -1,8 +1,11 @@
 """Retention: keep the newest `keep` regular backups, delete the rest, clean up after crashes.
 
-Bundles and legacy `.db` files count together, newest first in catalog order; pre-restore
-bundles are never counted nor deleted. Deleting is serialized by its own short lock, so backups
-taken at once never race each other's clean-up.
+Bundles and legacy `.db` files count together, newest first in catalog order (a bundle's time
+is its manifest's `created_at`, else its name read as local time); pre-restore bundles are never
+counted nor deleted. Only this project's backups count (see history.py): another project's
+bundles in a shared backup dir are never pruned here, and neither is the bundle the last restore
+came from. Deleting is serialized by its own short lock, so backups taken at once never race
+each other's clean-up.
 """
 
 from __future__ import annotations
@@ -30,7 +33,16 @@ def prune(settings, keep: int) -> list[str]:
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise UsageError(f"keep must be a whole number >= 1, got {keep!r}")
-    return prune_old(settings.paths.backup_dir, keep)[0]
+    return prune_for(settings, keep)[0]
+
+
+def prune_for(settings, keep: int, protect: str | None = None) -> tuple[list[str], list[str]]:
+    """prune_old for this project: its own backups only, sparing what the last restore came from."""
+    from . import history
+
+    paths = settings.paths
+    return prune_old(paths.backup_dir, keep, protect, project_id=history.project_id(paths),
+                     spare={history.restored_from(paths)} - {None})
 
 
 @contextlib.contextmanager
@@ -40,10 +52,13 @@ def retention_lock(backup_dir: Path, *, wait: float = 60.0):
         yield
 
 
-def prune_old(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[list[str], list[str]]:
+def prune_old(backup_dir: Path, keep: int, protect: str | None = None, *, project_id: str | None = None,
+              spare: set[str] = frozenset()) -> tuple[list[str], list[str]]:
     """Returns (names deleted, problems). Deletion problems are reported, never raised: the new
-    backup is already safely in place."""
+    backup is already safely in place. Counts only backups of `project_id` and unmarked ones;
+    never deletes `protect` or a name in `spare`."""
     from .catalog import scan
+    from .history import ours
 
     if not backup_dir.is_dir():
         return [], []
@@ -52,8 +67,8 @@ def prune_old(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[
     try:
         with retention_lock(backup_dir):
             _remove_stale_temps(backup_dir)
-            regular, _pre_restore = scan(backup_dir)
-            for entry in _past_keep(regular, keep, protect):
+            regular = ours(scan(backup_dir)[0], project_id)
+            for entry in _past_keep(regular, keep, {protect, *spare}):
                 try:
                     _delete(entry, backup_dir)
                 except OSError as exc:
@@ -69,15 +84,16 @@ def prune_old(backup_dir: Path, keep: int, protect: str | None = None) -> tuple[
     return pruned, problems
 
 
-def _past_keep(regular: list, keep: int, protect: str | None) -> list:
-    """What retention deletes: the backups past the newest `keep`, sparing two of them.
+def _past_keep(regular: list, keep: int, protect: set) -> list:
+    """What retention deletes: the backups past the newest `keep`, sparing some of them.
 
-    - `protect`, the backup just written: a clock set back, or bundles copied in from another
-      host, can sort it past `keep`, and a backup must never delete itself.
+    - `protect`: the backup just written (a clock set back, or bundles copied in from another
+      host, can sort it past `keep`, and a backup must never delete itself), and the bundle the
+      last restore came from (the first start after restoring an old bundle must not prune it).
     - The newest backup whose integrity check was ok, when none of the kept ones is: a series
       of starts on a damaged database must not push the last good backup out.
     """
-    spared = {protect}
+    spared = set(protect)
     if not any(e.integrity_check == "ok" for e in regular[:keep]):
         spared.add(next((e.name for e in regular if e.integrity_check == "ok"), None))
     return [e for e in regular[keep:] if e.name not in spared]

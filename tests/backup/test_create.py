@@ -161,7 +161,7 @@ def test_result_text_dict_and_log_event(settings):
         result = create.create_backup(settings, trigger="start", locked=True)
     d = result.to_dict()
     assert set(d) == {"name", "path", "trigger", "skipped", "notice", "created_at", "db_size",
-                      "integrity_check", "counts", "pruned", "duration_s"}
+                      "integrity_check", "counts", "pruned", "duration_s", "unchanged_since"}
     assert d["trigger"] == "start" and d["skipped"] is False and d["pruned"] == []
     assert d["db_size"] == Path(d["path"], "sparkq.db").stat().st_size
     json.dumps(d)

@@ -38,7 +38,7 @@ def hook(monkeypatch, project, fake):
     """Replace supervisor.backup.create with a recorder that checks the state at call time."""
     state = types.SimpleNamespace(fail=False, calls=[])
 
-    def create_backup(settings, *, trigger, progress=False, locked=False):
+    def create_backup(settings, *, trigger, progress=False, locked=False, **_history_options):
         paths = settings.paths
         fd = os.open(paths.lockfile, os.O_RDWR)
         try:
@@ -58,6 +58,7 @@ def hook(monkeypatch, project, fake):
 
     module = types.ModuleType("supervisor.backup.create")
     module.create_backup = create_backup
+    module.prune_after = lambda settings, result: result
     monkeypatch.setitem(sys.modules, "supervisor.backup.create", module)
     return state
 

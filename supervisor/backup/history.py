@@ -1,0 +1,259 @@
+"""The rules that keep the backup history: whose bundles count, when a new one is not needed,
+which ones retention must spare, and making room on a full disk.
+
+- **Project identity.** Each project has a random id in its data dir (`sparkq/data/project_id`),
+  written into every manifest as `project_id`. It lives in the project folder, not in the
+  database: moving the folder keeps it, restoring another project's database does not turn this
+  project into that one, and a fresh clone (a new machine) starts a new id unless the data dir
+  was copied along. Retention counts and prunes only bundles of this project; bundles without
+  the key (the original SparkQ's, legacy files, ours from before the key) count as this one's.
+- **Unchanged.** A pre-start backup whose snapshot and config files are byte-identical to the
+  newest bundle of this project (which still verifies for those members) writes nothing: a
+  series of starts, failed or not, cannot push good history out. The SQLite backup API gives
+  byte-identical snapshots of unchanged content, so the snapshot's checksum is an exact test.
+- **Restored from.** A restore notes the bundle it came from (`sparkq/data/restored_from.json`);
+  retention spares that bundle until the next restore, so the first start after restoring an
+  old bundle cannot prune it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .. import log
+from ..fsutil import atomic_write_bytes, sha256_file
+
+PRE_RESTORE_PREFIX = "sparkq_preRestore"
+PROJECT_ID_FILE = "project_id"
+RESTORED_FROM_FILE = "restored_from.json"
+MANIFEST_KEY = "project_id"
+DB_NAME = "sparkq.db"
+# The bundle members copied from files (the rest is the database and exports read from it).
+CONFIG_NAMES = ("sparkq.yml", ".env")
+TEMPLATES_PREFIX = "setup_templates/"
+# Room beside the snapshot for the exports (small tables only) and the manifest.
+_SLACK = 1 << 20
+
+
+# --- pre-restore bundles still linked to the live database ------------------------------------
+
+
+def unshare_pre_restore(settings) -> list[str]:
+    """Give every pre-restore bundle whose sparkq.db is still a hard link of the live DB its own
+    copy; returns their names.
+
+    Restore links the live DB into its pre-restore bundle instead of copying it (the server is
+    down and the DB is about to be replaced by a rename). A restore that dies between the two
+    leaves both names on one file, and the next write to the live DB would silently change the
+    bundle (its checksum then fails). Every backup and every command that may open the DB for
+    writing (start, run and restart, with or without --skip-backup, and setup) breaks such links
+    first; the copy has the same bytes, so the bundle stays valid. Costs one stat unless the live
+    DB has more than one link.
+    """
+    from ..errors import BackupFailed
+    from ..fsutil import atomic_copy
+
+    paths = settings.paths
+    try:
+        live = os.stat(paths.db)
+        if live.st_nlink < 2:
+            return []
+        items = list(os.scandir(paths.backup_dir))
+    except OSError:
+        return []
+    fixed = []
+    for item in items:
+        if not item.name.startswith(PRE_RESTORE_PREFIX + "_") or not item.is_dir(follow_symlinks=False):
+            continue
+        linked = Path(item.path) / DB_NAME
+        try:
+            st = os.lstat(linked)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) != (live.st_dev, live.st_ino):
+            continue
+        try:
+            atomic_copy(linked, linked, mode=0o600)  # a new file under the same name; same bytes
+        except OSError as exc:
+            raise BackupFailed(f"copying the pre-restore bundle {linked} apart from the live database failed "
+                               f"({exc.strerror or exc}); check free space and permissions with "
+                               f"`df -h {linked.parent}` and `ls -la {linked.parent}`") from None
+        fixed.append(item.name)
+        log.get().warning("pre_restore_unshared", name=item.name,
+                          hint="a restore was interrupted before it replaced the database")
+    return fixed
+
+
+# --- project identity -------------------------------------------------------------------------
+
+
+def project_id(paths, *, create: bool = False) -> str | None:
+    """This project's id; with `create`, make one when there is none yet."""
+    path = paths.data_dir / PROJECT_ID_FILE
+    found = _read_id(path)
+    if found or not create:
+        return found
+    new = secrets.token_hex(16)
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{PROJECT_ID_FILE}.{os.getpid()}")
+    tmp.write_text(new + "\n")
+    try:
+        os.link(tmp, path)  # never replaces: a concurrent first backup may have written one
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_id(path) or new
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if text and len(text) <= 64 and text.isalnum() else None
+
+
+def owner(entry) -> str | None:
+    """The project id a backup was taken by; None when it carries no mark."""
+    value = (entry.manifest or {}).get(MANIFEST_KEY)
+    return value if isinstance(value, str) and value else None
+
+
+def ours(entries: list, pid: str | None) -> list:
+    """The backups retention may count as this project's: unmarked ones and our own."""
+    return [e for e in entries if owner(e) in (None, pid)]
+
+
+def origin_warnings(entry, settings) -> list[str]:
+    """What a restore plan must shout about: a bundle taken by another project, for another
+    database path, or on another host."""
+    import socket
+
+    m = entry.manifest or {}
+    warnings = []
+    theirs, mine = owner(entry), project_id(settings.paths)
+    if theirs is not None and mine is not None and theirs != mine:
+        warnings.append(f"WARNING: {entry.name} was taken by ANOTHER PROJECT (project_id {theirs}, this "
+                        f"project is {mine}): its sparkq.yml and .env are that project's")
+    db_path = (m.get("database") or {}).get("path") if isinstance(m.get("database"), dict) else None
+    if isinstance(db_path, str) and db_path != str(settings.paths.db.absolute()):
+        warnings.append(f"WARNING: {entry.name} was taken of the database {db_path}, "
+                        f"not of this project's {settings.paths.db.absolute()}")
+    host = m.get("hostname")
+    if isinstance(host, str) and host and host != socket.gethostname():
+        warnings.append(f"WARNING: {entry.name} was taken on another host ({host})")
+    return warnings
+
+
+# --- what a restore came from -----------------------------------------------------------------
+
+
+def record_restore(paths, entry) -> None:
+    """Note the bundle a restore came from, so retention spares it (best effort)."""
+    blob = json.dumps({"name": entry.name}).encode() + b"\n"
+    try:
+        atomic_write_bytes(paths.data_dir / RESTORED_FROM_FILE, blob, mode=0o600)
+    except OSError as exc:
+        log.get().warning("restored_from_not_recorded", name=entry.name, error=str(exc))
+
+
+def restored_from(paths) -> str | None:
+    try:
+        name = json.loads((paths.data_dir / RESTORED_FROM_FILE).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+# --- unchanged since the newest bundle ---------------------------------------------------------
+
+
+class Unchanged(Exception):
+    """The bundle about to be written would hold what `name` holds already."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def baseline(backup_dir: Path, pid: str | None, sparkq_version: str | None, backup_version: str):
+    """The newest backup of this project, when it can stand in for a new one: a bundle of ours
+    (same format and exports version), undamaged, integrity ok, with a checksummed database."""
+    from .catalog import scan
+
+    try:
+        regular = ours(scan(backup_dir)[0], pid)
+    except Exception:  # noqa: BLE001 - no baseline only means: write the bundle
+        return None
+    if not regular:
+        return None
+    newest = regular[0]
+    m = newest.manifest
+    if newest.format != "bundle" or m is None or newest.damaged or m.get("integrity_check") != "ok":
+        return None
+    if m.get("backup_version") != backup_version or m.get("sparkq_version") != sparkq_version:
+        return None
+    if not isinstance((m.get("checksums") or {}).get(DB_NAME), str) or newest.wal_file is not None:
+        return None
+    return newest
+
+
+def check_unchanged(base, snapshot: Path, members: dict[str, Path]) -> str:
+    """Raise Unchanged when the snapshot and the config `members` (bundle name -> source file)
+    equal `base` byte for byte, and `base`'s own copies still match its checksums. Otherwise
+    return the snapshot's sha256, which the caller reuses."""
+    import threading
+
+    sums = base.manifest["checksums"]
+    box: dict = {}
+    # Hash the bundle's database while hashing the snapshot: a bundle damaged on disk since it
+    # was written must not stand in for a new one.
+    worker = threading.Thread(target=lambda: box.update(base=_sha_or_none(base.member(DB_NAME))), daemon=True)
+    worker.start()
+    snap = sha256_file(snapshot)
+    worker.join()
+    if snap != sums[DB_NAME] or box.get("base") != snap:
+        return snap
+    kept = {k for k in sums if k in CONFIG_NAMES or k.startswith(TEMPLATES_PREFIX)}
+    if set(members) != kept:
+        return snap
+    for rel, src in members.items():
+        if _sha_or_none(src) != sums[rel] or _sha_or_none(base.member(rel)) != sums[rel]:
+            return snap
+    raise Unchanged(base.name)
+
+
+def _sha_or_none(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return sha256_file(path)
+    except Exception:  # noqa: BLE001 - unreadable means: not the same
+        return None
+
+
+# --- a full disk ------------------------------------------------------------------------------
+
+
+def room_needed(paths, members: dict[str, Path]) -> int:
+    """A generous estimate of a new bundle's size: the database (and its WAL), the config files,
+    and slack for the exports and manifest."""
+    total = _SLACK
+    for p in (paths.db, paths.db.with_name(paths.db.name + "-wal"), *members.values()):
+        try:
+            total += os.stat(p).st_size
+        except OSError:
+            pass
+    return total
+
+
+def free_bytes(backup_dir: Path) -> int | None:
+    try:
+        return shutil.disk_usage(backup_dir).free
+    except OSError:
+        return None
