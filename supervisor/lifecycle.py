@@ -247,7 +247,8 @@ def _db_unusable(db) -> str | None:
     if head != b"SQLite format 3\x00":
         return "is not a SQLite database"
     try:
-        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=5)
+        # A short wait: a DB held locked is in use by something, and the backup reports that.
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=0.5)
         try:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:

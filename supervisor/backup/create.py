@@ -326,8 +326,10 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
         "sqlite_version": sqlite3.sqlite_version,
         "sparkq_version": _sparkq_version(),
         "hostname": _hostname(),
-        history.MANIFEST_KEY: history.project_id(paths, create=True),
     }
+    project = history.project_id(paths, create=True)
+    if project is not None:  # never a null: readers check the key's type
+        manifest[history.MANIFEST_KEY] = project
     if not has_db:
         manifest["database"]["present"] = False
     if export_error:

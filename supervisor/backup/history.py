@@ -97,17 +97,20 @@ def project_id(paths, *, create: bool = False) -> str | None:
     found = _read_id(path)
     if found or not create:
         return found
-    new = secrets.token_hex(16)
-    paths.data_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{PROJECT_ID_FILE}.{os.getpid()}")
-    tmp.write_text(new + "\n")
     try:
-        os.link(tmp, path)  # never replaces: a concurrent first backup may have written one
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _read_id(path) or new
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(secrets.token_hex(16) + "\n")
+        try:
+            os.link(tmp, path)  # never replaces: a concurrent first backup may have written one
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:  # a read-only data dir: bundles go unmarked, as before the key existed
+        log.get().warning("project_id_not_written", path=str(path), error=str(exc))
+        return None
+    return _read_id(path)
 
 
 def _read_id(path: Path) -> str | None:
@@ -198,7 +201,12 @@ def baseline(backup_dir: Path, pid: str | None, sparkq_version: str | None, back
         return None
     if m.get("backup_version") != backup_version or m.get("sparkq_version") != sparkq_version:
         return None
-    if not isinstance((m.get("checksums") or {}).get(DB_NAME), str) or newest.wal_file is not None:
+    if not isinstance((m.get("checksums") or {}).get(DB_NAME), str):
+        return None
+    try:
+        if newest.wal_file is not None:  # an older shape: its database is not the snapshot alone
+            return None
+    except Exception:  # noqa: BLE001 - a symlinked -wal and the like: not a baseline
         return None
     return newest
 
@@ -213,7 +221,7 @@ def check_unchanged(base, snapshot: Path, members: dict[str, Path]) -> str:
     box: dict = {}
     # Hash the bundle's database while hashing the snapshot: a bundle damaged on disk since it
     # was written must not stand in for a new one.
-    worker = threading.Thread(target=lambda: box.update(base=_sha_or_none(base.member(DB_NAME))), daemon=True)
+    worker = threading.Thread(target=lambda: box.update(base=_member_sha(base, DB_NAME)), daemon=True)
     worker.start()
     snap = sha256_file(snapshot)
     worker.join()
@@ -223,9 +231,16 @@ def check_unchanged(base, snapshot: Path, members: dict[str, Path]) -> str:
     if set(members) != kept:
         return snap
     for rel, src in members.items():
-        if _sha_or_none(src) != sums[rel] or _sha_or_none(base.member(rel)) != sums[rel]:
+        if _sha_or_none(src) != sums[rel] or _member_sha(base, rel) != sums[rel]:
             return snap
     raise Unchanged(base.name)
+
+
+def _member_sha(entry, rel: str) -> str | None:
+    try:
+        return _sha_or_none(entry.member(rel))
+    except Exception:  # noqa: BLE001 - a symlinked or missing member: not the same
+        return None
 
 
 def _sha_or_none(path: Path | None) -> str | None:
