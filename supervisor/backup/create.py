@@ -174,6 +174,8 @@ def _make_room(settings, keep: int) -> list[str]:
     free = history.free_bytes(paths.backup_dir)
     if free is None or free >= history.room_needed(paths, _config_members(paths)):
         return []
+    if not os.access(paths.backup_dir, os.W_OK):  # read-only: the write reports it, nothing to free
+        return []
     pruned = prune_for(settings, keep)[0]
     if pruned:
         log.get().warning("backup_pruned_for_space", names=pruned, keep=keep, free=free)

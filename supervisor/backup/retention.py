@@ -76,7 +76,7 @@ def prune_old(backup_dir: Path, keep: int, protect: str | None = None, *, projec
                     log.get().warning("backup_prune_failed", name=entry.name, error=str(exc))
                     continue
                 pruned.append(entry.name)
-    except SparkqError as exc:  # the lock stayed busy, or the dir became unreadable
+    except (SparkqError, OSError) as exc:  # the lock stayed busy or cannot be made (a read-only dir)
         problems.append(f"old backups not pruned: {exc}")
         log.get().warning("backup_prune_skipped", error=str(exc))
     if pruned:
