@@ -100,7 +100,10 @@ def project_id(paths, *, create: bool = False) -> str | None:
     tmp = path.with_name(f".{PROJECT_ID_FILE}.{os.getpid()}")
     try:
         paths.data_dir.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(secrets.token_hex(16) + "\n")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(fd, 0o644)  # whatever the umask: readable, written by us alone
+            out.write(secrets.token_hex(16) + "\n")
         try:
             os.link(tmp, path)  # never replaces: a concurrent first backup may have written one
         except FileExistsError:

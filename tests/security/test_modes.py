@@ -35,8 +35,8 @@ def _assert_private_tree(bundle: Path) -> None:
 
 def test_bundles_and_pre_restore_bundles_are_private_under_umask_000(project):
     _cli_umask0(project, "setup")
-    (project.root / ".env").write_text("SPARKQ_MODE_TEST=1\n")
     _cli_umask0(project, "backup")
+    (project.root / ".env").write_text("SPARKQ_MODE_TEST=1\n")  # changed: the start writes a bundle
     _cli_umask0(project, "start")  # the pre-start backup
     _cli_umask0(project, "stop")
     _cli_umask0(project, "backup-restore", "2", "--yes")  # full: a hard-linked pre-restore DB
