@@ -14,6 +14,10 @@ which ones retention must spare, and making room on a full disk.
 - **Restored from.** A restore notes the bundle it came from (`sparkq/data/restored_from.json`);
   retention spares that bundle until the next restore, so the first start after restoring an
   old bundle cannot prune it.
+- **Pre-restore links.** A pre-restore bundle still hard-linked to the live database gets its own
+  copy before anything may write the database (unshare_pre_restore).
+- **A full disk.** room_needed and free_bytes let a backup short of room prune past `keep` before
+  it writes (create.py), so lowering SPARKQ_BACKUP_KEEP frees space.
 """
 
 from __future__ import annotations
