@@ -15,6 +15,7 @@ from pathlib import Path
 from ..errors import VerificationFailed
 from ..fsutil import sha256_file
 from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
+from .exports import export_problems
 
 
 
@@ -27,6 +28,7 @@ def verify_entry(entry: Entry) -> list[str]:
         if entry.damaged:
             problems.append(entry.damaged)
         problems += _symlinks_and_oddities(entry)
+        problems += export_problems(entry)  # what backup-export would refuse, verify refuses too
     checksums = (entry.manifest or {}).get("checksums") or {}
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparkq-verify") as pool:
         hashed = pool.submit(_check_checksums, entry, checksums)
