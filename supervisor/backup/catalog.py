@@ -5,7 +5,8 @@ Shapes read (none of them may crash a listing):
   `checksums`; older "2.1": `files` an object of lists, `configuration_files`, a `sparkq.db-wal`);
 - bundles whose manifest is missing, unreadable, too big or of the wrong shape: listed with
   `damaged` set to the reason and whatever can still be read;
-- legacy single files `sparkq_YYYYMMDD_HHMMSS.db`, maybe with a `.yml` of the same stem beside;
+- legacy single files `sparkq_YYYYMMDD_HHMMSS.db`, maybe with a `.yml` of the same stem beside
+  (and, for the original's loose `sparkq_preRestore_*` files, an `.env` too);
 - pre-restore bundles `sparkq_preRestore_YYYYMMDD_HHMMSS[_N]`, listed apart and addressed by name.
 
 Listing reads manifests only: a bundle's database is opened only when its manifest cannot be
@@ -63,14 +64,14 @@ class Entry:
 
         Raises VerificationFailed for a symlink anywhere on the way, a name that would leave the
         bundle, or something that is not a regular file. A legacy backup answers for `sparkq.db`
-        (the file itself) and `sparkq.yml` (the .yml beside it).
+        (the file itself), `sparkq.yml` and `.env` (the .yml and .env beside it).
         """
         if self.format == "legacy":
             if relname == DB_NAME:
                 if self.path.is_symlink():
                     raise VerificationFailed(f"{self.name} is a symlink; refusing it (pick another backup)")
                 return self.path if self.path.is_file() else None
-            return self.legacy_yml if relname == "sparkq.yml" else None
+            return {"sparkq.yml": self.legacy_yml, ".env": self.legacy_env}.get(relname)
         rel = PurePosixPath(relname)
         if not relname or "\\" in relname or "\0" in relname or rel.is_absolute() or ".." in rel.parts:
             raise VerificationFailed(f"{self.name}: member name {relname!r} leaves the bundle; refusing it")
@@ -109,14 +110,28 @@ class Entry:
 
     @property
     def legacy_yml(self) -> Path | None:
+        return self._legacy_sibling(".yml")
+
+    @property
+    def legacy_env(self) -> Path | None:
+        """The `.env` the original's restore script saved beside `sparkq_preRestore_TS.db`."""
+        return self._legacy_sibling(".env")
+
+    @property
+    def legacy_siblings(self) -> list[Path]:
+        """The files that belong to a legacy backup besides its .db (to list or remove with it)."""
+        return [p for p in (self.legacy_yml, self.legacy_env) if p is not None]
+
+    def _legacy_sibling(self, suffix: str) -> Path | None:
+        """`<stem><suffix>` beside a legacy .db when it is a regular file (never a symlink)."""
         if self.format != "legacy":
             return None
-        yml = self.path.with_name(self.path.name[: -len(".db")] + ".yml")
+        sibling = self.path.with_name(self.path.name[: -len(".db")] + suffix)
         try:
-            st = os.lstat(yml)
+            st = os.lstat(sibling)
         except OSError:
             return None
-        return yml if stat.S_ISREG(st.st_mode) else None
+        return sibling if stat.S_ISREG(st.st_mode) else None
 
     # --- what the listing shows -------------------------------------------------------------
 
@@ -129,6 +144,12 @@ class Entry:
             return m["config_file"]
         # 2.1 and damaged bundles: their file lists were not reliable, so look at the bundle.
         return not self.path.is_symlink() and _is_regular(self.path / "sparkq.yml")
+
+    @property
+    def env_file_included(self) -> bool:
+        if self.format == "legacy":
+            return self.legacy_env is not None
+        return not self.path.is_symlink() and _is_regular(self.path / ".env")
 
     @property
     def counts(self) -> dict:
@@ -189,6 +210,7 @@ class Entry:
             "created_at": self.created_at.isoformat(),
             "db_size": self.db_size,
             "config_file": self.config_file_included,
+            "env_file": self.env_file_included,
             "counts": self.counts,
             "integrity_check": self.integrity_check,
             "damaged": self.damaged,
@@ -648,8 +670,7 @@ def show_backup(settings, ref: str) -> ShowResult:
 def _files_of(entry: Entry) -> list[dict]:
     """Every file of the backup with its size (lstat: symlinks are listed, never followed)."""
     if entry.format == "legacy":
-        paths = [entry.path] + ([entry.legacy_yml] if entry.legacy_yml else [])
-        return [_file_row(p.name, p) for p in paths]
+        return [_file_row(p.name, p) for p in [entry.path, *entry.legacy_siblings]]
     if entry.path.is_symlink():
         return []
     rows: list[dict] = []
