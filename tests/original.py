@@ -154,7 +154,7 @@ def make_original_db(path: Path, *, wal_rows: int = 0, empty_tables: tuple[str, 
         conn.execute("BEGIN")
         conn.executemany(
             "INSERT INTO prompts (id, command, label, template_text, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(f"p-wal-{i}", f"wal-only-{i}", f"WAL {i}", "text", NOW, NOW) for i in range(wal_rows)],
+            [(f"p-wal-{i}", f"wal-only-{i}", f"WAL {i}", "Write it up. " * 150, NOW, NOW) for i in range(wal_rows)],
         )
         conn.execute("COMMIT")
         counts["prompts"] += wal_rows

@@ -55,6 +55,8 @@ class Entry:
     damaged: str | None = None
     # The parsed manifest even when it failed validation (for backup-show); None when unparsable.
     raw_manifest: Any = field(default=None, repr=False, compare=False)
+    # Listing (backup-list, status) reads manifests only and never opens a database to fold one.
+    listing: bool = field(default=False, repr=False, compare=False)
     _order: tuple = field(default=(), repr=False, compare=False)
 
     # --- members ---------------------------------------------------------------------------
@@ -153,9 +155,23 @@ class Entry:
 
     @property
     def counts(self) -> dict:
+        if self._folded is not None:
+            return dict(self._folded[0])
         if self.manifest is not None:
             return dict(self.manifest.get("counts") or {})
         return dict(self._db_facts[0])
+
+    @property
+    def counts_from(self) -> str:
+        """Where `counts` (and the size) come from:
+        "database": read from the bundled database, its `-wal` folded in (legacy, damaged and
+        2.1-with-WAL backups); "snapshot": our manifest, counted from the snapshot the bundle
+        holds; "live": an original 2.1 manifest, counted from the live database while it was
+        copied, so it may not match what a restore gives (backup-list marks these with *).
+        """
+        if self.manifest is None or self._folded is not None:
+            return "database"
+        return "live" if self.manifest.get("backup_version") == "2.1" else "snapshot"
 
     @property
     def integrity_check(self) -> str | None:
@@ -167,6 +183,8 @@ class Entry:
     def db_size(self) -> int:
         if self.format == "legacy":
             return _lstat_size(self.path)
+        if self._folded is not None:
+            return self._folded[1]
         database = (self.manifest or {}).get("database") or {}
         for key in ("bytes", "size"):
             value = database.get(key)
@@ -180,6 +198,36 @@ class Entry:
         if isinstance(value, str):
             return value
         return "pre-restore" if self.kind == PRE_RESTORE else None
+
+    @cached_property
+    def _folded(self) -> tuple[dict, int] | None:
+        """(counts, size in bytes) of a 2.1 bundle's database with its `-wal` folded in, or None
+        (no WAL, not 2.1, unreadable, or a listing: the manifest's figures are shown then, marked).
+
+        The original copied a live database with `cp`, so rows may sit in the WAL only and its
+        manifest counts were read from the live database: neither the manifest nor the bare
+        sparkq.db tells what a restore gives. Folding works on private copies (open_backup_db),
+        so the bundle is never modified.
+        """
+        if self.listing or self.format != "bundle" or (self.manifest or {}).get("backup_version") != "2.1":
+            return None
+        try:
+            db = self.db_file
+            wal = self.wal_file if db is not None else None
+        except VerificationFailed:
+            return None
+        if wal is None:
+            return None
+        import sqlite3
+
+        from sparkq import storage
+
+        try:
+            with open_backup_db(db, wal) as conn:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                return storage.counts(conn), pages * conn.execute("PRAGMA page_size").fetchone()[0]
+        except (sqlite3.Error, OSError):
+            return None
 
     @cached_property
     def _db_facts(self) -> tuple[dict, str | None]:
@@ -212,6 +260,7 @@ class Entry:
             "config_file": self.config_file_included,
             "env_file": self.env_file_included,
             "counts": self.counts,
+            "counts_from": self.counts_from,
             "integrity_check": self.integrity_check,
             "damaged": self.damaged,
             "trigger": self.trigger,
@@ -378,6 +427,7 @@ def _entry_of(item: os.DirEntry, cache: _ListingCache | None = None) -> Entry | 
         manifest=manifest,
         damaged=damaged,
         raw_manifest=raw,
+        listing=cache is not None,
         _order=(created, int(seq or 0), name),
     )
 
@@ -578,6 +628,9 @@ class BackupList:
             lines.append("")
             lines += [f"damaged: {e.name}: {e.damaged}" for e in damaged]
             lines.append("Check them with ./sparkq.sh backup-verify --all")
+        if any(e.counts_from == "live" for e in self.backups + self.pre_restore):
+            lines.append("")
+            lines.append("* counts from an original 2.1 manifest, read from the live database when it was copied")
         return "\n".join(lines)
 
 
@@ -588,6 +641,7 @@ def _table(entries: list[Entry]) -> list[str]:
     rows = [_HEADER]
     for e in entries:
         counts = e.counts
+        mark = "*" if e.counts_from == "live" else ""
         integrity = "DAMAGED" if e.damaged else (e.integrity_check or "-")
         rows.append((
             str(e.number) if e.number is not None else "-",
@@ -595,8 +649,8 @@ def _table(entries: list[Entry]) -> list[str]:
             e.format,
             human_size(e.db_size),
             "yes" if e.config_file_included else "no",
-            str(counts.get("prompts", "-")),
-            str(counts.get("config_entries", "-")),
+            str(counts.get("prompts", "-")) + mark,
+            str(counts.get("config_entries", "-")) + mark,
             e.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
             integrity.splitlines()[0] if integrity else "-",
         ))
@@ -634,8 +688,8 @@ class ShowResult:
             "damaged": e.damaged,
             "files": self.files,
         }
-        if e.format == "legacy" or e.manifest is None:
-            out.update(size=e.db_size, counts=e.counts, integrity_check=e.integrity_check)
+        if e.format == "legacy" or e.manifest is None or e.counts_from == "database":
+            out.update(size=e.db_size, counts=e.counts, counts_from=e.counts_from, integrity_check=e.integrity_check)
         return out
 
     def text(self) -> str:
@@ -654,6 +708,9 @@ class ShowResult:
             lines.append(f"Database: {human_size(d['size'])}; integrity: {d['integrity_check'] or '-'}")
             if d["counts"]:
                 lines.append("Counts: " + ", ".join(f"{k} {v}" for k, v in d["counts"].items()))
+            if e.manifest is not None:
+                lines.append("(read from sparkq.db with its -wal folded in, as a restore gives it; the manifest's "
+                             "counts were read from the live database)")
         lines += ["", f"Files ({len(self.files)}):"]
         width = max((len(f["path"]) for f in self.files), default=0)
         for f in self.files:
