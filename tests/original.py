@@ -267,6 +267,11 @@ def _all_0644(root: Path) -> None:
             os.chmod(os.path.join(top, name), 0o644)
 
 
+def local_stamp(when: datetime) -> str:
+    """The name stamp the original gives a backup taken at `when`: the machine's local time."""
+    return when.astimezone().strftime("%Y%m%d_%H%M%S")
+
+
 def make_original_legacy(backup_dir: Path, stamp: str, *, yml: bool = True) -> Path:
     """A legacy pair `sparkq_<stamp>.db` (+ `.yml`), named in local time, no manifest."""
     backup_dir.mkdir(parents=True, exist_ok=True)
