@@ -248,7 +248,9 @@ def _exists(conn: sqlite3.Connection, table: str, column: str, value: Any) -> bo
     return conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {column} = ?)", (value,)).fetchone()[0] == 1
 
 
-def _audit(db: "Database", conn: sqlite3.Connection, action: str, entity: str, entity_id: Any, detail: Any = None) -> None:
+def _audit(
+    db: Database, conn: sqlite3.Connection, action: str, entity: str, entity_id: Any, detail: Any = None
+) -> None:
     """One audit entry, in our columns (at, entity, entity_id, detail) and the original's
     (created_at, details); a text id is made up here, an integer one left to SQLite."""
     now, entity_id = storage.utc_now(), str(entity_id)

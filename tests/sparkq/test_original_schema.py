@@ -88,8 +88,10 @@ def test_the_original_server_can_start_on_and_write_to_our_database(ours):
 
 
 # Every column of the original's tables, its start-up ALTERs included.
-_ORIGINAL_COLUMNS = {t: [c.split()[0] for c in cols if not c.startswith("PRIMARY")] + (["active"] if t == "prompts" else [])
-                     for t, cols in ORIGINAL_TABLES.items()}
+_ORIGINAL_COLUMNS = {
+    t: [c.split()[0] for c in cols if not c.startswith("PRIMARY")] + (["active"] if t == "prompts" else [])
+    for t, cols in ORIGINAL_TABLES.items()
+}
 
 
 def _all_rows(db: Path) -> dict[str, list[tuple]]:

@@ -15,7 +15,8 @@ from helpers import REPO, Project, wait_until
 
 # Runs `python -m sparkq ARGS` with every `supervisor` import failing.
 _WITHOUT_SUPERVISOR = (
-    "import sys, runpy; sys.modules['supervisor'] = None; runpy.run_module('sparkq', run_name='__main__', alter_sys=True)"
+    "import sys, runpy; sys.modules['supervisor'] = None; "
+    "runpy.run_module('sparkq', run_name='__main__', alter_sys=True)"
 )
 
 
