@@ -35,6 +35,10 @@ class Walk:
 @pytest.fixture
 def original_server(project: Project):
     make_original_db(project.db)
+    yield from _serve(project)
+
+
+def _serve(project: Project):
     log = project.root / "server.err"
     with open(log, "w") as err:
         proc = project.popen(sys.executable, "-P", "-m", "sparkq", "--port", str(project.port), "--db",
@@ -134,5 +138,32 @@ def test_every_write_endpoint_works_on_an_upgraded_original_database(original_se
                     name = col.split()[0]
                     nulls = conn.execute(f"SELECT count(*) FROM {table} WHERE {name} IS NULL").fetchone()[0]
                     assert nulls == 0, f"{table}.{name} has NULLs"
+    finally:
+        conn.close()
+
+
+def test_text_role_ids_and_integer_audit_ids_of_our_older_databases_keep_working(project: Project):
+    """Earlier versions of ours made agent_roles with text ids and audit_log with integer ids."""
+    project.db.parent.mkdir(parents=True)
+    conn = sqlite3.connect(project.db)
+    conn.execute("CREATE TABLE agent_roles (id TEXT PRIMARY KEY, key TEXT NOT NULL UNIQUE, label TEXT,"
+                 " description TEXT, active INTEGER NOT NULL DEFAULT 1, created_at TEXT, updated_at TEXT)")
+    conn.execute("CREATE TABLE audit_log (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT, actor TEXT, action TEXT,"
+                 " entity TEXT, entity_id TEXT, detail TEXT)")
+    conn.execute("INSERT INTO agent_roles (id, key, label) VALUES ('rol_old', 'old', 'Old')")
+    conn.commit()
+    conn.close()
+    walk = next(gen := _serve(project))
+    try:
+        role = walk("POST", "/api/agent-roles", 201, {"key": "sre"})
+        assert role["id"].startswith("rol_")
+        walk("PATCH", "/api/agent-roles/{ident}", 200, {"label": "Older"}, ident="rol_old")
+        walk("PUT", "/api/config/{namespace}/{key}", 200, {"value": "x"}, namespace="ui", key="theme")
+    finally:
+        next(gen, None)
+    conn = sqlite3.connect(project.db)
+    try:
+        assert {r[0] for r in conn.execute("SELECT typeof(id) FROM audit_log")} == {"integer"}
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE created_at IS NULL").fetchone()[0] == 0
     finally:
         conn.close()
