@@ -1,8 +1,12 @@
 """`python -m sparkq`: set up the database, then serve the HTTP API with uvicorn.
 
-Host, port and database come from sparkq.yml (through the supervisor's config loader) unless given
-as flags. Everything is logged to stderr. A SIGTERM stops the server gracefully and exits 0; the
-database is checkpointed and closed on the way out.
+Host, port and database come from the flags (the supervisor passes all three) or else from
+sparkq.yml (sparkq/settings.py). Everything is logged to stderr. A SIGTERM stops the server
+gracefully and exits 0; the database is checkpointed and closed on the way out. The server imports
+nothing from the supervisor, so either can be shipped and tested alone.
+
+Exit statuses: 0 stopped cleanly, 1 could not open the database or serve, 2 bad arguments or
+sparkq.yml (as argparse uses it), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from supervisor.config import WILDCARD_HOSTS
-from supervisor.errors import SparkqError
-
 from . import __version__, storage
+from .settings import WILDCARD_HOSTS, ServerConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def exposure_warning(host: str) -> str | None:
@@ -54,14 +58,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _resolve(args: argparse.Namespace) -> tuple[str, int, Path]:
     host, port, db = args.host, args.port, Path(args.db).resolve() if args.db else None
     if args.config or host is None or port is None or db is None:
-        from supervisor import config  # only when a value must come from sparkq.yml
+        from . import settings  # only when a value must come from sparkq.yml
 
-        settings = config.load(args.config)
-        for warning in settings.warnings:
-            print(f"sparkq: {warning}", file=sys.stderr)
-        host = settings.host if host is None else host
-        port = settings.port if port is None else port
-        db = settings.paths.db if db is None else db
+        found = settings.load(args.config)
+        host = found.host if host is None else host
+        port = found.port if port is None else port
+        db = found.db if db is None else db
     return host, port, db
 
 
@@ -82,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
         host, port, db = _resolve(args)
-    except SparkqError as exc:  # a ConfigError already reads as one line ending in what to do
+    except ServerConfigError as exc:  # one line ending in what to do
         print(f"sparkq: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     warning = exposure_warning(host)
     if warning:
         print(warning, file=sys.stderr)
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = storage.setup_database(db)
     except (sqlite3.Error, OSError) as exc:
         print(f"sparkq: cannot open the database {db}: {exc}; check the file or restore a backup", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
 
     import uvicorn
 
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server.run()
     except KeyboardInterrupt:
-        return 130
-    return 0 if server.started else 1
+        return EXIT_INTERRUPTED
+    return EXIT_OK if server.started else EXIT_FAILURE
 
 
 if __name__ == "__main__":

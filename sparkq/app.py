@@ -45,11 +45,14 @@ class Database:
         self.path = path
         self._conn: Optional[sqlite3.Connection] = None
         self._lock = threading.Lock()
+        self.integer_keys: frozenset[str] = frozenset()  # tables whose ids SQLite numbers
 
     def open(self) -> None:
         with self._lock:
             if self._conn is None:
                 self._conn = storage.connect(self.path, timeout=5.0)
+                tables = (*storage.ID_PREFIXES, "audit_log")
+                self.integer_keys = frozenset(t for t in tables if storage.integer_key(self._conn, t))
 
     def close(self) -> None:
         with self._lock:  # waits for a request still holding the connection
@@ -245,11 +248,35 @@ def _exists(conn: sqlite3.Connection, table: str, column: str, value: Any) -> bo
     return conn.execute(f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {column} = ?)", (value,)).fetchone()[0] == 1
 
 
-def _audit(conn: sqlite3.Connection, action: str, entity: str, entity_id: str, detail: Any = None) -> None:
+def _audit(
+    db: Database, conn: sqlite3.Connection, action: str, entity: str, entity_id: Any, detail: Any = None
+) -> None:
+    """One audit entry, in our columns (at, entity, entity_id, detail) and the original's
+    (created_at, details); a text id is made up here, an integer one left to SQLite."""
+    now, entity_id = storage.utc_now(), str(entity_id)
+    detail_text = None if detail is None else json.dumps(detail)
+    values = {
+        "at": now, "created_at": now, "actor": "api", "action": action, "entity": entity, "entity_id": entity_id,
+        "detail": detail_text,
+        "details": json.dumps({"entity": entity, "entity_id": entity_id, "detail": detail}),
+    }
+    if "audit_log" not in db.integer_keys:
+        values["id"] = storage.new_id("aud")
     conn.execute(
-        "INSERT INTO audit_log (at, actor, action, entity, entity_id, detail) VALUES (?, 'api', ?, ?, ?, ?)",
-        (storage.utc_now(), action, entity, entity_id, None if detail is None else json.dumps(detail)),
+        f"INSERT INTO audit_log ({', '.join(values)}) VALUES ({', '.join('?' for _ in values)})", list(values.values())
     )
+
+
+def _filled(res: _Resource, body: BaseModel) -> dict:
+    """Values for the columns the original SparkQ declares NOT NULL that a request may leave out."""
+    values = body.model_dump()
+    if res.table == "prompts":
+        return {"label": values.get("label") or values["command"]}
+    if res.table == "agent_roles":
+        return {"label": values.get("label") or values["key"], "description": values.get("description") or ""}
+    if res.table == "sessions":
+        return {"name": values.get("name") or "", "started_at": storage.utc_now()}
+    return {}
 
 
 def _add_resource(router: APIRouter, db: Database, res: _Resource) -> None:
@@ -264,17 +291,21 @@ def _add_resource(router: APIRouter, db: Database, res: _Resource) -> None:
             return [dict(r) for r in conn.execute(sql, [value for _, value in given])]
 
     def create_row(body: create_model) -> dict:
-        values = body.model_dump()
-        if res.prefix and not values.get(res.key):
+        values = {**body.model_dump(), **_filled(res, body)}
+        numbered = res.table in db.integer_keys  # SQLite numbers the id (the original's roles)
+        if numbered:
+            values.pop(res.key, None)
+        elif res.prefix and not values.get(res.key):
             values[res.key] = storage.new_id(res.prefix)
         values["created_at"] = values["updated_at"] = storage.utc_now()
         with db.write() as conn:
             _check_refs(conn, res, values)
             names = ", ".join(values)
             marks = ", ".join("?" for _ in values)
-            conn.execute(f"INSERT INTO {res.table} ({names}) VALUES ({marks})", list(values.values()))
-            _audit(conn, "create", res.table, values[res.key])
-            return dict(_get_or_404(conn, res, values[res.key]))
+            cur = conn.execute(f"INSERT INTO {res.table} ({names}) VALUES ({marks})", list(values.values()))
+            key = cur.lastrowid if numbered else values[res.key]
+            _audit(db, conn, "create", res.table, key)
+            return dict(_get_or_404(conn, res, str(key)))
 
     def get_row(ident: str) -> dict:
         with db.read() as conn:
@@ -291,7 +322,7 @@ def _add_resource(router: APIRouter, db: Database, res: _Resource) -> None:
                 conn.execute(
                     f"UPDATE {res.table} SET {assignments} WHERE {res.key} = ?", [*values.values(), key]
                 )
-                _audit(conn, "update", res.table, key, sorted(values))
+                _audit(db, conn, "update", res.table, key, sorted(values))
             return dict(_get_or_404(conn, res, key))
 
     def delete_row(ident: str) -> Response:
@@ -301,7 +332,7 @@ def _add_resource(router: APIRouter, db: Database, res: _Resource) -> None:
                 conn.execute(f"DELETE FROM {res.table} WHERE {res.key} = ?", (key,))
             except sqlite3.IntegrityError:
                 raise HTTPException(409, f"{res.noun} {key!r} is still in use; remove what refers to it first")
-            _audit(conn, "delete", res.table, key)
+            _audit(db, conn, "delete", res.table, key)
         return Response(status_code=204)
 
     router.add_api_route(base, list_rows, methods=["GET"])
@@ -317,30 +348,35 @@ def _add_resource(router: APIRouter, db: Database, res: _Resource) -> None:
 # Routes with behaviour of their own: config entries, session end, and the task queue.
 
 
+def _config_out(row: sqlite3.Row) -> dict:
+    out = dict(row)
+    out["value"] = storage.decode_config_value(out["value"])
+    return out
+
+
 def _config_routes(router: APIRouter, db: Database) -> None:
-    def fetch(conn: sqlite3.Connection, namespace: str, key: str) -> sqlite3.Row:
+    def fetch(conn: sqlite3.Connection, namespace: str, key: str) -> dict:
         row = conn.execute("SELECT * FROM config WHERE namespace = ? AND key = ?", (namespace, key)).fetchone()
         if row is None:
             raise HTTPException(404, f"config entry {namespace}/{key} not found")
-        return row
+        return _config_out(row)
 
     @router.get("/config")
     def list_config(namespace: Optional[str] = None) -> list[dict]:
         sql = "SELECT * FROM config" + (" WHERE namespace = ?" if namespace else "") + " ORDER BY namespace, key"
         with db.read() as conn:
-            return [dict(r) for r in conn.execute(sql, (namespace,) if namespace else ())]
+            return [_config_out(r) for r in conn.execute(sql, (namespace,) if namespace else ())]
 
     @router.get("/config/{namespace}/{key}")
     def get_config(namespace: str, key: str) -> dict:
         with db.read() as conn:
-            return dict(fetch(conn, namespace, key))
+            return fetch(conn, namespace, key)
 
     @router.put("/config/{namespace}/{key}")
     def put_config(namespace: str, key: str, body: ConfigPut) -> dict:
         if body.value is None:
             raise HTTPException(422, "value must not be null; use DELETE to remove the entry")
-        # Values are stored as text: strings as they are, anything else as its JSON form.
-        value = body.value if isinstance(body.value, str) else json.dumps(body.value)
+        value = storage.encode_config_value(body.value)  # JSON text, as the original stores it
         with db.write() as conn:
             conn.execute(
                 "INSERT INTO config (namespace, key, value, updated_at, updated_by) VALUES (?, ?, ?, ?, ?) "
@@ -348,15 +384,15 @@ def _config_routes(router: APIRouter, db: Database) -> None:
                 "value = excluded.value, updated_at = excluded.updated_at, updated_by = excluded.updated_by",
                 (namespace, key, value, storage.utc_now(), body.updated_by or "api"),
             )
-            _audit(conn, "put", "config", f"{namespace}/{key}")
-            return dict(fetch(conn, namespace, key))
+            _audit(db, conn, "put", "config", f"{namespace}/{key}")
+            return fetch(conn, namespace, key)
 
     @router.delete("/config/{namespace}/{key}", status_code=204)
     def delete_config(namespace: str, key: str) -> Response:
         with db.write() as conn:
             fetch(conn, namespace, key)
             conn.execute("DELETE FROM config WHERE namespace = ? AND key = ?", (namespace, key))
-            _audit(conn, "delete", "config", f"{namespace}/{key}")
+            _audit(db, conn, "delete", "config", f"{namespace}/{key}")
         return Response(status_code=204)
 
 
@@ -460,9 +496,9 @@ def _task_routes(router: APIRouter, db: Database) -> None:
                 return Response(status_code=204)
             now = storage.utc_now()
             conn.execute(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, claimed_at = ?, updated_at = ?"
-                " WHERE id = ?",
-                (now, now, row["id"]),
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, claimed_at = ?, started_at = ?,"
+                " updated_at = ? WHERE id = ?",
+                (now, now, now, row["id"]),
             )
             return _task_out(fetch(conn, row["id"]))
 

@@ -37,18 +37,26 @@ TASK_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed")
 DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
 
 # Each column: (name, declaration in CREATE TABLE, declaration when added to an older table).
-# ALTER TABLE ADD COLUMN cannot add PRIMARY KEY/UNIQUE columns, and NOT NULL needs a non-null
-# default, so the "added" form keeps only the type and a default.
+# ALTER TABLE ADD COLUMN cannot add PRIMARY KEY/UNIQUE columns, nor a non-constant default, and
+# NOT NULL needs a non-null default, so the "added" form keeps only the type and a constant default.
+#
+# The schema is a superset of the original SparkQ's (see docs/BACKUP.md, "Older backup formats"):
+# every column it declares is here with the same type, and every column it declares NOT NULL is
+# NOT NULL here too. Those get a DEFAULT so that rows written by hand or by older code still go in;
+# the server itself always writes every one of them explicitly, because a database made by the
+# original has the NOT NULLs without our defaults.
 _Column = tuple[str, str, str]
-_STATUS_CHECK = "CHECK (status IN ('queued', 'running', 'succeeded', 'failed'))"
+_NOW = "(strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now'))"  # the same text as utc_now()
+_STAMP = f"TEXT NOT NULL DEFAULT {_NOW}"
+_STAMPS: tuple[_Column, ...] = (("created_at", _STAMP, "TEXT"), ("updated_at", _STAMP, "TEXT"))
 
 _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
     "config": (
         (
             ("namespace", "TEXT NOT NULL", "TEXT"),
             ("key", "TEXT NOT NULL", "TEXT"),
-            ("value", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            ("value", "TEXT NOT NULL DEFAULT 'null'", "TEXT"),  # JSON text, see encode_config_value
+            ("updated_at", _STAMP, "TEXT"),
             ("updated_by", "TEXT", "TEXT"),
         ),
         ("PRIMARY KEY (namespace, key)",),
@@ -57,25 +65,24 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
         (
             ("id", "TEXT PRIMARY KEY", "TEXT"),
             ("command", "TEXT NOT NULL UNIQUE", "TEXT"),
-            ("label", "TEXT", "TEXT"),
-            ("template_text", "TEXT", "TEXT"),
+            ("label", "TEXT NOT NULL DEFAULT ''", "TEXT"),
+            ("template_text", "TEXT NOT NULL DEFAULT ''", "TEXT"),
             ("description", "TEXT", "TEXT"),
             ("category", "TEXT", "TEXT"),
             ("active", "INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))", "INTEGER DEFAULT 1"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
     "agent_roles": (
         (
-            ("id", "TEXT PRIMARY KEY", "TEXT"),
+            # INTEGER like the original's, so either server can insert a role without naming its id.
+            ("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER"),
             ("key", "TEXT NOT NULL UNIQUE", "TEXT"),
-            ("label", "TEXT", "TEXT"),
-            ("description", "TEXT", "TEXT"),
+            ("label", "TEXT NOT NULL DEFAULT ''", "TEXT"),
+            ("description", "TEXT NOT NULL DEFAULT ''", "TEXT"),
             ("active", "INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1))", "INTEGER DEFAULT 1"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
@@ -84,8 +91,7 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
             ("name", "TEXT PRIMARY KEY", "TEXT"),
             ("timeout", "INTEGER NOT NULL CHECK (timeout > 0)", "INTEGER"),
             ("description", "TEXT", "TEXT"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
@@ -94,8 +100,7 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
             ("name", "TEXT PRIMARY KEY", "TEXT"),
             ("description", "TEXT", "TEXT"),
             ("task_class", "TEXT NOT NULL REFERENCES task_classes(name)", "TEXT REFERENCES task_classes(name)"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
@@ -105,19 +110,20 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
             ("name", "TEXT NOT NULL", "TEXT"),
             ("repo_path", "TEXT", "TEXT"),
             ("prd_path", "TEXT", "TEXT"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
     "sessions": (
         (
             ("id", "TEXT PRIMARY KEY", "TEXT"),
+            # Nullable, unlike the original's: our API lets a session go without a project.
             ("project_id", "TEXT REFERENCES projects(id)", "TEXT REFERENCES projects(id)"),
-            ("name", "TEXT", "TEXT"),
+            ("name", "TEXT NOT NULL DEFAULT ''", "TEXT"),
+            ("description", "TEXT", "TEXT"),
             ("status", "TEXT NOT NULL DEFAULT 'active'", "TEXT DEFAULT 'active'"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            ("started_at", _STAMP, "TEXT"),
+            *_STAMPS,
             ("ended_at", "TEXT", "TEXT"),
         ),
         (),
@@ -125,11 +131,14 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
     "queues": (
         (
             ("id", "TEXT PRIMARY KEY", "TEXT"),
+            # Nullable, unlike the original's: our API lets a queue go without a session.
             ("session_id", "TEXT REFERENCES sessions(id)", "TEXT REFERENCES sessions(id)"),
-            ("name", "TEXT NOT NULL", "TEXT"),
+            ("name", "TEXT NOT NULL UNIQUE", "TEXT"),
+            ("instructions", "TEXT", "TEXT"),
+            ("codex_session_id", "TEXT", "TEXT"),
+            ("default_agent_role_key", "TEXT", "TEXT"),
             ("status", "TEXT NOT NULL DEFAULT 'active'", "TEXT DEFAULT 'active'"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            *_STAMPS,
         ),
         (),
     ),
@@ -137,35 +146,62 @@ _SCHEMA: dict[str, tuple[tuple[_Column, ...], tuple[str, ...]]] = {
         (
             ("id", "TEXT PRIMARY KEY", "TEXT"),
             ("queue_id", "TEXT NOT NULL REFERENCES queues(id)", "TEXT REFERENCES queues(id)"),
-            ("tool_name", "TEXT", "TEXT"),
-            ("task_class", "TEXT", "TEXT"),
-            ("payload", "TEXT", "TEXT"),
-            ("status", f"TEXT NOT NULL DEFAULT 'queued' {_STATUS_CHECK}", "TEXT DEFAULT 'queued'"),
-            ("timeout", "INTEGER CHECK (timeout IS NULL OR timeout > 0)", "INTEGER"),
+            ("tool_name", "TEXT NOT NULL DEFAULT ''", "TEXT"),
+            ("task_class", "TEXT NOT NULL DEFAULT ''", "TEXT"),
+            ("payload", "TEXT NOT NULL DEFAULT 'null'", "TEXT"),
+            ("agent_role_key", "TEXT", "TEXT"),
+            # No CHECK on status: the original writes statuses of its own; the API checks ours.
+            ("status", "TEXT NOT NULL DEFAULT 'queued'", "TEXT DEFAULT 'queued'"),
+            ("timeout", "INTEGER NOT NULL DEFAULT 600 CHECK (timeout > 0)", "INTEGER"),
             ("attempts", "INTEGER NOT NULL DEFAULT 0", "INTEGER DEFAULT 0"),
             ("result", "TEXT", "TEXT"),
             ("error", "TEXT", "TEXT"),
-            ("created_at", "TEXT", "TEXT"),
-            ("updated_at", "TEXT", "TEXT"),
+            ("stdout", "TEXT", "TEXT"),
+            ("stderr", "TEXT", "TEXT"),
+            *_STAMPS,
             ("claimed_at", "TEXT", "TEXT"),
+            ("stale_warned_at", "TEXT", "TEXT"),
+            ("started_at", "TEXT", "TEXT"),
             ("finished_at", "TEXT", "TEXT"),
         ),
         (),
     ),
     "audit_log": (
         (
-            ("id", "INTEGER PRIMARY KEY AUTOINCREMENT", "INTEGER"),
+            # TEXT like the original's; databases made by older versions of ours keep INTEGER ids
+            # (the server asks which, see integer_key). `at`/`detail` are ours, `created_at`/
+            # `details` the original's; the server writes both pairs.
+            ("id", "TEXT PRIMARY KEY DEFAULT ('aud_' || lower(hex(randomblob(8))))", "TEXT"),
             ("at", "TEXT", "TEXT"),
             ("actor", "TEXT", "TEXT"),
-            ("action", "TEXT", "TEXT"),
+            ("action", "TEXT NOT NULL DEFAULT ''", "TEXT"),
             ("entity", "TEXT", "TEXT"),
             ("entity_id", "TEXT", "TEXT"),
             ("detail", "TEXT", "TEXT"),
+            ("details", "TEXT", "TEXT"),
+            ("created_at", _STAMP, "TEXT"),
         ),
         (),
     ),
 }
-_INDEXES = ("CREATE INDEX IF NOT EXISTS idx_tasks_queue_status ON tasks (queue_id, status, created_at)",)
+# (table, columns) of every index: ours first, then the ones the original creates. An index is
+# made only when no index of the table has the same columns already (the original's databases
+# carry their own under other names).
+_INDEXES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("tasks", ("queue_id", "status", "created_at")),
+    ("tasks", ("queue_id", "status")),
+    ("tasks", ("queue_id", "created_at")),
+    ("tasks", ("status",)),
+    ("tasks", ("started_at",)),
+    ("tasks", ("created_at",)),
+    ("prompts", ("command",)),
+    ("queues", ("session_id",)),
+    ("queues", ("status",)),
+    ("sessions", ("project_id",)),
+    ("sessions", ("status",)),
+    ("tools", ("task_class",)),
+    ("config", ("namespace",)),
+)
 
 # Natural key of each seeded table: a default counts as present when a row with this key exists.
 _NATURAL_KEYS: dict[str, tuple[str, ...]] = {
@@ -237,26 +273,89 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 def migrate(conn: sqlite3.Connection) -> set[str]:
-    """Create missing tables and add missing columns; never drops or renames anything.
+    """Create missing tables, columns and indexes; never drops, renames or rewrites anything.
 
-    Returns the names of the tables created by this call.
+    Also upgrades a database made by the original SparkQ in place: its tables gain our columns,
+    its rows (integer agent-role ids, JSON config values) stay as they are. Runs at every server
+    start, so an up-to-date database costs a few PRAGMA reads and no write lock. Returns the
+    names of the tables created by this call.
     """
+    if not _missing(conn):
+        return set()
     created: set[str] = set()
     with transaction(conn):
-        existing = _table_names(conn)
-        for table, (columns, constraints) in _SCHEMA.items():
-            if table not in existing:
+        for kind, table, what in _missing(conn):  # again, under the write lock
+            if kind == "table":
+                columns, constraints = _SCHEMA[table]
                 body = ",\n  ".join([f"{name} {decl}" for name, decl, _ in columns] + list(constraints))
                 conn.execute(f"CREATE TABLE {table} (\n  {body}\n)")
                 created.add(table)
-                continue
-            present = _column_names(conn, table)
-            for name, _, added in columns:
-                if name not in present:
-                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {added}")
-        for sql in _INDEXES:
-            conn.execute(sql)
+            elif kind == "column":
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {what[0]} {what[2]}")
+            else:
+                conn.execute(f"CREATE INDEX IF NOT EXISTS idx_{table}_{'_'.join(what)} ON {table} ({', '.join(what)})")
     return created
+
+
+def _missing(conn: sqlite3.Connection) -> list[tuple[str, str, tuple]]:
+    """What migrate has to add, in order: ("table"|"column"|"index", table, details)."""
+    todo: list[tuple[str, str, tuple]] = []
+    existing = _table_names(conn)
+    for table, (columns, _constraints) in _SCHEMA.items():
+        if table not in existing:
+            todo.append(("table", table, ()))
+            continue
+        present = _column_names(conn, table)
+        todo += [("column", table, column) for column in columns if column[0] not in present]
+    indexed: dict[str, set[tuple[str, ...]]] = {}
+    for table, columns in _INDEXES:
+        if table not in indexed:
+            indexed[table] = _indexed_columns(conn, table)
+        if columns not in indexed[table]:
+            indexed[table].add(columns)
+            todo.append(("index", table, columns))
+    return todo
+
+
+def _indexed_columns(conn: sqlite3.Connection, table: str) -> set[tuple[str, ...]]:
+    """The column lists of every index on `table` (UNIQUE and PRIMARY KEY ones included)."""
+    return {
+        tuple(r[2] for r in conn.execute(f"PRAGMA index_info('{index[1]}')"))
+        for index in conn.execute(f"PRAGMA index_list('{table}')").fetchall()
+    }
+
+
+def integer_key(conn: sqlite3.Connection, table: str) -> bool:
+    """Whether `table`'s id is an INTEGER PRIMARY KEY that SQLite numbers itself.
+
+    Agent roles and audit entries have integer ids in some databases (the original's roles, our
+    older audit log) and text ids in others; a writer leaves an integer id to SQLite and makes up
+    a text one. Never rewriting ids is what lets either server keep using the database.
+    """
+    for row in conn.execute(f"PRAGMA table_info('{table}')"):
+        if row[1] == "id":
+            return row[5] == 1 and row[2].upper() == "INTEGER"
+    return False
+
+
+def encode_config_value(value) -> str:
+    """A config value as stored: JSON text, as the original SparkQ stores it ("dark" -> '"dark"')."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def decode_config_value(text):
+    """A stored config value as the API shows it: a JSON string unquoted, anything else as stored.
+
+    So "dark" (stored '"dark"') reads "dark", 8 (stored '8') reads "8", and text written by older
+    versions of ours that is not JSON ('dark') reads as it is.
+    """
+    if not isinstance(text, str):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    return value if isinstance(value, str) else text
 
 
 def load_defaults() -> dict[str, list[dict]]:
@@ -341,7 +440,7 @@ def checkpoint_and_close(conn: sqlite3.Connection) -> None:
 
 def _insert_default(conn: sqlite3.Connection, table: str, row: dict, columns: set[str], now: str) -> int:
     row = dict(row)
-    if table in ID_PREFIXES:
+    if table in ID_PREFIXES and not integer_key(conn, table):
         row.setdefault("id", new_id(ID_PREFIXES[table]))
     if "active" in row:
         row["active"] = int(bool(row["active"]))
@@ -350,6 +449,7 @@ def _insert_default(conn: sqlite3.Connection, table: str, row: dict, columns: se
             row.setdefault(stamp, now)
     if table == "config":
         row.setdefault("updated_by", "defaults")
+        row["value"] = encode_config_value(row["value"])
     names = [name for name in row if name in columns]
     keys = _NATURAL_KEYS[table]
     # The NOT EXISTS guard (rather than relying on a UNIQUE constraint) also holds for tables

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparkq.settings import WILDCARD_HOSTS  # the server's list: what it warns about, we warn about
+
 from .errors import ConfigError
 from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
 
 KEEP_ENV = "SPARKQ_BACKUP_KEEP"
 _CACHE_NAME = ".config-cache.json"
-# Bind addresses that make the server reachable from other machines.
-WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 CONFIG_ENV = "SPARKQ_CONFIG"
 
 # key path -> (expected type(s), default, description of what is expected)

@@ -5,7 +5,8 @@ Shapes read (none of them may crash a listing):
   `checksums`; older "2.1": `files` an object of lists, `configuration_files`, a `sparkq.db-wal`);
 - bundles whose manifest is missing, unreadable, too big or of the wrong shape: listed with
   `damaged` set to the reason and whatever can still be read;
-- legacy single files `sparkq_YYYYMMDD_HHMMSS.db`, maybe with a `.yml` of the same stem beside;
+- legacy single files `sparkq_YYYYMMDD_HHMMSS.db`, maybe with a `.yml` of the same stem beside
+  (and, for the original's loose `sparkq_preRestore_*` files, an `.env` too);
 - pre-restore bundles `sparkq_preRestore_YYYYMMDD_HHMMSS[_N]`, listed apart and addressed by name.
 
 Listing reads manifests only: a bundle's database is opened only when its manifest cannot be
@@ -54,6 +55,8 @@ class Entry:
     damaged: str | None = None
     # The parsed manifest even when it failed validation (for backup-show); None when unparsable.
     raw_manifest: Any = field(default=None, repr=False, compare=False)
+    # Listing (backup-list, status) reads manifests only and never opens a database to fold one.
+    listing: bool = field(default=False, repr=False, compare=False)
     _order: tuple = field(default=(), repr=False, compare=False)
 
     # --- members ---------------------------------------------------------------------------
@@ -63,14 +66,14 @@ class Entry:
 
         Raises VerificationFailed for a symlink anywhere on the way, a name that would leave the
         bundle, or something that is not a regular file. A legacy backup answers for `sparkq.db`
-        (the file itself) and `sparkq.yml` (the .yml beside it).
+        (the file itself), `sparkq.yml` and `.env` (the .yml and .env beside it).
         """
         if self.format == "legacy":
             if relname == DB_NAME:
                 if self.path.is_symlink():
                     raise VerificationFailed(f"{self.name} is a symlink; refusing it (pick another backup)")
                 return self.path if self.path.is_file() else None
-            return self.legacy_yml if relname == "sparkq.yml" else None
+            return {"sparkq.yml": self.legacy_yml, ".env": self.legacy_env}.get(relname)
         rel = PurePosixPath(relname)
         if not relname or "\\" in relname or "\0" in relname or rel.is_absolute() or ".." in rel.parts:
             raise VerificationFailed(f"{self.name}: member name {relname!r} leaves the bundle; refusing it")
@@ -109,14 +112,28 @@ class Entry:
 
     @property
     def legacy_yml(self) -> Path | None:
+        return self._legacy_sibling(".yml")
+
+    @property
+    def legacy_env(self) -> Path | None:
+        """The `.env` the original's restore script saved beside `sparkq_preRestore_TS.db`."""
+        return self._legacy_sibling(".env")
+
+    @property
+    def legacy_siblings(self) -> list[Path]:
+        """The files that belong to a legacy backup besides its .db (to list or remove with it)."""
+        return [p for p in (self.legacy_yml, self.legacy_env) if p is not None]
+
+    def _legacy_sibling(self, suffix: str) -> Path | None:
+        """`<stem><suffix>` beside a legacy .db when it is a regular file (never a symlink)."""
         if self.format != "legacy":
             return None
-        yml = self.path.with_name(self.path.name[: -len(".db")] + ".yml")
+        sibling = self.path.with_name(self.path.name[: -len(".db")] + suffix)
         try:
-            st = os.lstat(yml)
+            st = os.lstat(sibling)
         except OSError:
             return None
-        return yml if stat.S_ISREG(st.st_mode) else None
+        return sibling if stat.S_ISREG(st.st_mode) else None
 
     # --- what the listing shows -------------------------------------------------------------
 
@@ -131,10 +148,30 @@ class Entry:
         return not self.path.is_symlink() and _is_regular(self.path / "sparkq.yml")
 
     @property
+    def env_file_included(self) -> bool:
+        if self.format == "legacy":
+            return self.legacy_env is not None
+        return not self.path.is_symlink() and _is_regular(self.path / ".env")
+
+    @property
     def counts(self) -> dict:
+        if self._folded is not None:
+            return dict(self._folded[0])
         if self.manifest is not None:
             return dict(self.manifest.get("counts") or {})
         return dict(self._db_facts[0])
+
+    @property
+    def counts_from(self) -> str:
+        """Where `counts` (and the size) come from:
+        "database": read from the bundled database, its `-wal` folded in (legacy, damaged and
+        2.1-with-WAL backups); "snapshot": our manifest, counted from the snapshot the bundle
+        holds; "live": an original 2.1 manifest, counted from the live database while it was
+        copied, so it may not match what a restore gives (backup-list marks these with *).
+        """
+        if self.manifest is None or self._folded is not None:
+            return "database"
+        return "live" if self.manifest.get("backup_version") == "2.1" else "snapshot"
 
     @property
     def integrity_check(self) -> str | None:
@@ -146,6 +183,8 @@ class Entry:
     def db_size(self) -> int:
         if self.format == "legacy":
             return _lstat_size(self.path)
+        if self._folded is not None:
+            return self._folded[1]
         database = (self.manifest or {}).get("database") or {}
         for key in ("bytes", "size"):
             value = database.get(key)
@@ -159,6 +198,36 @@ class Entry:
         if isinstance(value, str):
             return value
         return "pre-restore" if self.kind == PRE_RESTORE else None
+
+    @cached_property
+    def _folded(self) -> tuple[dict, int] | None:
+        """(counts, size in bytes) of a 2.1 bundle's database with its `-wal` folded in, or None
+        (no WAL, not 2.1, unreadable, or a listing: the manifest's figures are shown then, marked).
+
+        The original copied a live database with `cp`, so rows may sit in the WAL only and its
+        manifest counts were read from the live database: neither the manifest nor the bare
+        sparkq.db tells what a restore gives. Folding works on private copies (open_backup_db),
+        so the bundle is never modified.
+        """
+        if self.listing or self.format != "bundle" or (self.manifest or {}).get("backup_version") != "2.1":
+            return None
+        try:
+            db = self.db_file
+            wal = self.wal_file if db is not None else None
+        except VerificationFailed:
+            return None
+        if wal is None:
+            return None
+        import sqlite3
+
+        from sparkq import storage
+
+        try:
+            with open_backup_db(db, wal) as conn:
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                return storage.counts(conn), pages * conn.execute("PRAGMA page_size").fetchone()[0]
+        except (sqlite3.Error, OSError):
+            return None
 
     @cached_property
     def _db_facts(self) -> tuple[dict, str | None]:
@@ -189,7 +258,9 @@ class Entry:
             "created_at": self.created_at.isoformat(),
             "db_size": self.db_size,
             "config_file": self.config_file_included,
+            "env_file": self.env_file_included,
             "counts": self.counts,
+            "counts_from": self.counts_from,
             "integrity_check": self.integrity_check,
             "damaged": self.damaged,
             "trigger": self.trigger,
@@ -358,6 +429,7 @@ def _entry_of(item: os.DirEntry, cache: _ListingCache | None = None) -> Entry | 
         manifest=manifest,
         damaged=damaged,
         raw_manifest=raw,
+        listing=cache is not None,
         _order=(created, int(seq or 0), name),
     )
 
@@ -563,6 +635,9 @@ class BackupList:
             lines.append("")
             lines += [f"damaged: {e.name}: {e.damaged}" for e in damaged]
             lines.append("Check them with ./sparkq.sh backup-verify --all")
+        if any(e.counts_from == "live" for e in self.backups + self.pre_restore):
+            lines.append("")
+            lines.append("* counts from an original 2.1 manifest, read from the live database when it was copied")
         return "\n".join(lines)
 
 
@@ -573,6 +648,7 @@ def _table(entries: list[Entry]) -> list[str]:
     rows = [_HEADER]
     for e in entries:
         counts = e.counts
+        mark = "*" if e.counts_from == "live" else ""
         integrity = "DAMAGED" if e.damaged else (e.integrity_check or "-")
         rows.append((
             str(e.number) if e.number is not None else "-",
@@ -580,8 +656,8 @@ def _table(entries: list[Entry]) -> list[str]:
             e.format,
             human_size(e.db_size),
             "yes" if e.config_file_included else "no",
-            str(counts.get("prompts", "-")),
-            str(counts.get("config_entries", "-")),
+            str(counts.get("prompts", "-")) + mark,
+            str(counts.get("config_entries", "-")) + mark,
             e.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
             integrity.splitlines()[0] if integrity else "-",
         ))
@@ -619,8 +695,8 @@ class ShowResult:
             "damaged": e.damaged,
             "files": self.files,
         }
-        if e.format == "legacy" or e.manifest is None:
-            out.update(size=e.db_size, counts=e.counts, integrity_check=e.integrity_check)
+        if e.format == "legacy" or e.manifest is None or e.counts_from == "database":
+            out.update(size=e.db_size, counts=e.counts, counts_from=e.counts_from, integrity_check=e.integrity_check)
         return out
 
     def text(self) -> str:
@@ -639,6 +715,9 @@ class ShowResult:
             lines.append(f"Database: {human_size(d['size'])}; integrity: {d['integrity_check'] or '-'}")
             if d["counts"]:
                 lines.append("Counts: " + ", ".join(f"{k} {v}" for k, v in d["counts"].items()))
+            if e.manifest is not None:
+                lines.append("(read from sparkq.db with its -wal folded in, as a restore gives it; the manifest's "
+                             "counts were read from the live database)")
         lines += ["", f"Files ({len(self.files)}):"]
         width = max((len(f["path"]) for f in self.files), default=0)
         for f in self.files:
@@ -655,8 +734,7 @@ def show_backup(settings, ref: str) -> ShowResult:
 def _files_of(entry: Entry) -> list[dict]:
     """Every file of the backup with its size (lstat: symlinks are listed, never followed)."""
     if entry.format == "legacy":
-        paths = [entry.path] + ([entry.legacy_yml] if entry.legacy_yml else [])
-        return [_file_row(p.name, p) for p in paths]
+        return [_file_row(p.name, p) for p in [entry.path, *entry.legacy_siblings]]
     if entry.path.is_symlink():
         return []
     rows: list[dict] = []

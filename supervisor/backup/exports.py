@@ -2,13 +2,17 @@
 
 They are written from the snapshot (so they agree with the bundled DB) and read back for
 `backup-export` / `export-prompts`; a legacy `.db` backup has no exports, so they are read
-from the database inside it.
+from the database inside it. The original SparkQ wrote its exports with sqlite3's `.mode json`:
+one object per line inside `[...]`, and an empty file (not `[]`) for an empty table; `read_export`
+takes both, and backup-verify uses it too, so the two commands always agree on an export.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+
+from ..errors import VerificationFailed
 
 # kind -> (file in the bundle, table, columns BACKUP.md shows first; the rest follow)
 EXPORTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -54,9 +58,38 @@ def render_exports(conn: sqlite3.Connection) -> dict[str, bytes]:
     return {spec[0]: (to_json(rows(conn, kind)) + "\n").encode() for kind, spec in EXPORTS.items()}
 
 
+def read_export(path) -> str:
+    """The JSON text of an export file: a JSON array; an empty or blank file reads as `[]`.
+
+    Raises ValueError (UnicodeDecodeError included) when the text is not a JSON array, OSError
+    when the file cannot be read.
+    """
+    with open(path, "rb") as fh:
+        text = fh.read().decode("utf-8")
+    if not text.strip():
+        return "[]"  # the original's output for an empty table
+    if not isinstance(json.loads(text), list):
+        raise ValueError("not a JSON array of rows")
+    return text.rstrip("\n")
+
+
+def export_problems(entry) -> list[str]:
+    """Why the exports of bundle `entry` cannot be read, one line each (empty: all readable)."""
+    problems = []
+    for filename in EXPORT_FILES:
+        try:
+            path = entry.member(filename)
+            if path is not None:
+                read_export(path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"{filename}: not readable JSON ({exc})")
+        except VerificationFailed as exc:  # a symlink or not a file; its message says so
+            problems.append(str(exc))
+    return problems
+
+
 def export_json(settings, ref: str, kind: str) -> str:
     """The export `kind` of backup `ref`, as JSON text: the bundle's file, else read from its DB."""
-    from ..errors import VerificationFailed
     from .catalog import open_backup_db, resolve
 
     entry = resolve(settings, ref)
@@ -65,12 +98,10 @@ def export_json(settings, ref: str, kind: str) -> str:
         path = entry.member(filename)
         if path is not None:
             try:
-                text = path.read_text(encoding="utf-8")
-                json.loads(text)
+                return read_export(path)
             except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
                 raise VerificationFailed(f"{path}: not readable JSON ({exc}); try another backup "
                                          "or ./sparkq.sh backup-verify") from None
-            return text.rstrip("\n")
     db = entry.db_file
     if db is None:
         raise VerificationFailed(f"backup {entry.name} has neither {filename} nor a database to read it from")

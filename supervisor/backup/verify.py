@@ -15,11 +15,16 @@ from pathlib import Path
 from ..errors import VerificationFailed
 from ..fsutil import sha256_file
 from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
+from .exports import export_problems
 
 
 
-def verify_entry(entry: Entry) -> list[str]:
-    """Every problem found in `entry`; an empty list means the backup is good."""
+def verify_entry(entry: Entry, notes: list[str] | None = None) -> list[str]:
+    """Every problem found in `entry`; an empty list means the backup is good.
+
+    `notes` (when given) collects what is worth saying but does not make the backup bad.
+    """
+    notes = [] if notes is None else notes
     if entry.path.is_symlink():
         return [f"{entry.name} is a symlink; refusing it"]
     problems: list[str] = []
@@ -27,10 +32,11 @@ def verify_entry(entry: Entry) -> list[str]:
         if entry.damaged:
             problems.append(entry.damaged)
         problems += _symlinks_and_oddities(entry)
+        problems += export_problems(entry)  # what backup-export would refuse, verify refuses too
     checksums = (entry.manifest or {}).get("checksums") or {}
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparkq-verify") as pool:
         hashed = pool.submit(_check_checksums, entry, checksums)
-        checked = pool.submit(_check_database, entry)
+        checked = pool.submit(_check_database, entry, notes)
         problems += hashed.result() + checked.result()
     return list(dict.fromkeys(problems))  # the same symlink can be found by two checks
 
@@ -77,8 +83,10 @@ def _check_checksums(entry: Entry, checksums: dict) -> list[str]:
     return problems
 
 
-def _check_database(entry: Entry) -> list[str]:
+def _check_database(entry: Entry, notes: list[str]) -> list[str]:
     import sqlite3
+
+    from sparkq import storage
 
     try:
         db = entry.db_file
@@ -94,12 +102,33 @@ def _check_database(entry: Entry) -> list[str]:
     try:
         with open_backup_db(db, wal) as conn:
             rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
+            counted = storage.counts(conn) if rows == ["ok"] else {}
     except (sqlite3.Error, OSError) as exc:
         return [f"{shown} is not a readable SQLite database ({exc})"]
     if rows != ["ok"]:
         more = f" (+{len(rows) - 3} more)" if len(rows) > 3 else ""
         return [f"{shown}: integrity_check failed: {'; '.join(str(r) for r in rows[:3])}{more}"]
+    mismatch = _count_mismatch(entry, counted)
+    if mismatch and (entry.manifest or {}).get("backup_version") == "2.1":
+        # The original counted its live database while copying it: a difference is expected.
+        notes.append(f"manifest counts differ from {DB_NAME} ({mismatch}); the original SparkQ read them from "
+                     "the live database, a restore gives the database's")
+        return []
+    if mismatch:
+        return [f"manifest counts differ from {DB_NAME} ({mismatch}); the manifest was edited or does not "
+                "belong to this database"]
     return []
+
+
+def _count_mismatch(entry: Entry, counted: dict[str, int]) -> str:
+    """"prompts 34 in the manifest, 33 in the database; ..." for every count that differs, or ""."""
+    if entry.manifest is None or not counted:
+        return ""
+    claimed = entry.manifest.get("counts") or {}
+    return "; ".join(
+        f"{key} {claimed[key]} in the manifest, {counted[key]} in the database"
+        for key in counted if key in claimed and claimed[key] != counted[key]
+    )
 
 
 @dataclass
@@ -125,10 +154,10 @@ class VerifyReport:
     def text(self) -> str:
         if not self.results:
             return self.message or "No backups found"
-        lines = [
-            f"ok  {r['name']}" if r["ok"] else f"FAILED {r['name']}: {'; '.join(r['problems'])}"
-            for r in self.results
-        ]
+        lines = []
+        for r in self.results:
+            lines.append(f"ok  {r['name']}" if r["ok"] else f"FAILED {r['name']}: {'; '.join(r['problems'])}")
+            lines += [f"    note: {note}" for note in r.get("notes", ())]
         lines.append(f"{self.checked} checked, {self.failed} failed")
         if self.failed:
             lines.append("Do not restore a failed backup; pick one marked ok (see ./sparkq.sh backup-list)")
@@ -146,7 +175,8 @@ def verify_backups(settings, ref: str | None, *, all_: bool = False) -> VerifyRe
         entries = regular + pre if all_ else regular[:1]
     report = VerifyReport()
     for entry in entries:
-        problems = verify_entry(entry)
-        report.results.append({"name": entry.name, "ok": not problems, "problems": problems})
+        notes: list[str] = []
+        problems = verify_entry(entry, notes)
+        report.results.append({"name": entry.name, "ok": not problems, "problems": problems, "notes": notes})
         log.get().info("backup_verified", backup=entry.name, ok=not problems, problems=len(problems))
     return report

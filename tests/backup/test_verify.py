@@ -46,7 +46,8 @@ def test_good_bundle_of_each_shape_passes(project, seed_db, tmp_path):
     assert {p: sorted(os.listdir(p)) for p in (new, wal21)} == before, "verify must not write into bundles"
 
     report = verify.verify_backups(settings(), None)
-    assert report.to_dict() == {"results": [{"name": new.name, "ok": True, "problems": []}], "checked": 1, "failed": 0}
+    assert report.to_dict() == {"results": [{"name": new.name, "ok": True, "problems": [], "notes": []}], "checked": 1,
+                                 "failed": 0}
     assert report.exit_code == 0 and report.text().splitlines() == [f"ok  {new.name}", "1 checked, 0 failed"]
     everything = verify.verify_backups(settings(), None, all_=True)
     assert everything.checked == 5 and everything.failed == 0

@@ -150,7 +150,7 @@ def test_agent_roles_and_projects_crud(server: Server):
     c = server.client
     assert len(c.get("/api/agent-roles").json()) == 8
     role = c.post("/api/agent-roles", json={"key": "sre", "label": "SRE"}).json()
-    assert role["id"].startswith("rol_")
+    assert isinstance(role["id"], int)  # numbered by SQLite, as in the original SparkQ's schema
     assert c.get("/api/agent-roles/sre").json()["id"] == role["id"]
     assert c.patch(f"/api/agent-roles/{role['id']}", json={"active": False}).json()["active"] == 0
     _detail(c.post("/api/agent-roles", json={"key": "developer"}), 409)
