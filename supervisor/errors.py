@@ -47,3 +47,9 @@ class BackupFailed(SparkqError):
 
 class StartFailed(SparkqError):
     """The server did not come up healthy."""
+
+
+class Interrupted(SparkqError):
+    """Ctrl-C or SIGTERM stopped an operation that then put back what it had changed."""
+
+    exit_code = 130  # 128 + SIGINT, as shells report it
