@@ -274,7 +274,7 @@ def _confirmer(yes: bool, plans: list, *, show: bool = True):
 
         try:
             return typer.confirm("Continue?", default=False)
-        except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
+        except (typer.Abort, click.exceptions.Abort):  # Ctrl-C or end of input at the prompt
             print(file=sys.stderr)
             return False
 
