@@ -203,10 +203,24 @@ def restore_backup(
                 return _merge(settings, entry, tables, plan)
             return _place_all(settings, entry, scope, plan)
         except KeyboardInterrupt:
-            # Before any file was placed (or after a roll-back): say so in one line, not a trace.
+            # While the pre-restore bundle was written: say so in one line, not a trace.
+            _remove_own_temps(paths.backup_dir)
             log.get().info("restore_interrupted", backup=entry.name)
             raise Interrupted("restore interrupted; nothing was changed (a half-written pre-restore "
                               "bundle is removed); run it again when ready") from None
+
+
+def _remove_own_temps(backup_dir: Path) -> None:
+    """Remove the half-written bundle an interrupt left (the signal can land between creating
+    its temp dir and the code that would clean it up); only this process's, by its PID suffix."""
+    suffix = f"-{os.getpid()}"
+    try:
+        names = os.listdir(backup_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(f".tmp-{PRE_RESTORE_PREFIX}_") and name.endswith(suffix):
+            shutil.rmtree(backup_dir / name, ignore_errors=True)
 
 
 def _unshare_first(settings) -> None:
