@@ -160,8 +160,8 @@ class RestoreResult:
             lines.append(f"Restored from {self.backup}:")
             for item in self.restored:
                 lines.append(f"  {item['source']} -> {item['target']}")
-        how = {"hard link": " (its database hard-linked)", "copy": " (its database copied)",
-               "snapshot": " (its database a snapshot)"}.get(self.pre_restore_db, "")
+        how = {"hard link": " (database hard-linked)", "copy": " (database copied, not hard-linked)",
+               "snapshot": " (database snapshot)"}.get(self.pre_restore_db, "")
         lines.append(f"The previous state is kept in {self.pre_restore}{how}")
         lines.append(f"  undo: {self.undo}")
         lines.extend(f"Note: {note}" for note in self.notes)
@@ -602,15 +602,17 @@ def _pre_restore(settings, *, link: bool) -> tuple[Path, str, list[str]]:
             notes.append(f"the current database could not be checkpointed ({problem}); "
                          "it is kept as it was in the pre-restore bundle")
     path = Path(create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=link))
-    return path, _how_kept(db, path / "sparkq.db"), notes
+    return path, _how_kept(db, path / "sparkq.db", link), notes
 
 
-def _how_kept(live: Path, kept: Path) -> str:
+def _how_kept(live: Path, kept: Path, link: bool) -> str:
     """What the pre-restore bundle really did with the DB (a link can fall back to a copy)."""
     try:
         a, b = os.stat(live), os.lstat(kept)
     except OSError:
         return "none"
+    if not link:
+        return "snapshot"
     return "hard link" if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else "copy"
 
 

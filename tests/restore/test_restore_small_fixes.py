@@ -114,6 +114,6 @@ def test_plan_says_copied_when_the_backup_dir_is_on_another_filesystem(project):
         out = _ok(project.cli("backup-restore", "1", "--yes"))
         assert "database hard-linked, not copied" not in out.stdout
         assert "database copied: the backup dir is on another filesystem" in out.stdout
-        assert "(its database copied)" in out.stdout
+        assert "(database copied, not hard-linked)" in out.stdout
     finally:
         shutil.rmtree(other, ignore_errors=True)
