@@ -452,7 +452,6 @@ def _merge(settings, entry, tables: list[str], plan: Plan) -> RestoreResult:
         except KeyboardInterrupt:
             raise Interrupted(f"merge interrupted; the database is unchanged (its state before is also in "
                               f"{pre_path.name})") from None
-    notes += [m.note for m in merged.values() if m.note]
     undo = f"./sparkq.sh backup-restore {pre_path.name} --db-only --yes"
     log.get().info("restore_done", backup=entry.name, scope="tables", tables=tables, pre_restore=pre_path.name,
                    skipped={t: m.skipped for t, m in merged.items()})
