@@ -224,6 +224,7 @@ def backup_restore(
         None, "--tables", help="Merge these tables from the backup into the current DB (e.g. prompts,config)."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan and the result as JSON (needs --yes)."),
 ) -> None:
     """Restore backup N. The current state is first saved as a sparkq_preRestore_* bundle.
 
@@ -231,6 +232,8 @@ def backup_restore(
     anything is touched. `backup-restore N export-prompts` prints prompts and restores nothing.
     """
     if action is not None:
+        if action.startswith("-"):  # refs may start with "-", so click lets unknown options through
+            raise UsageError(f"unknown option {action}; see ./sparkq.sh backup-restore --help")
         if action != "export-prompts":
             raise UsageError(f"unknown action {action!r}; the only one is export-prompts")
         if db_only or config_only or only or tables:
@@ -245,20 +248,35 @@ def backup_restore(
         raise UsageError(f"{' and '.join(chosen)} cannot be combined; pick one")
     scope = Scope.db if db_only else Scope.config if config_only else only or Scope.full
     table_list = [t.strip() for t in tables.split(",") if t.strip()] if tables is not None else None
+    if as_json and not yes:
+        raise UsageError("--json needs --yes: a script cannot answer the confirmation prompt")
     from .backup import restore
 
-    _emit(restore.restore_backup(_settings(lenient=True), ref, scope=scope.value, tables=table_list,
-                                 confirm=_confirmer(yes)))
+    plans: list = []
+    result = restore.restore_backup(_settings(lenient=True), ref, scope=scope.value, tables=table_list,
+                                    confirm=_confirmer(yes, plans, show=not as_json))
+    if as_json:
+        print(json.dumps({"plan": plans[0].to_dict(), **result.to_dict()}, indent=2, default=str))
+    else:
+        _emit(result)
 
 
-def _confirmer(yes: bool):
+def _confirmer(yes: bool, plans: list, *, show: bool = True):
     def confirm(plan) -> bool:
-        print(plan.text())
+        plans.append(plan)
+        if show:
+            print(plan.text())
         if yes:
             return True
         if not sys.stdin.isatty():
             raise UsageError("no terminal to confirm on; add --yes to restore without asking")
-        return typer.confirm("Continue?", default=False)
+        import click
+
+        try:
+            return typer.confirm("Continue?", default=False)
+        except (typer.Abort, click.exceptions.Abort):  # Ctrl-C or end of input at the prompt
+            print(file=sys.stderr)
+            return False
 
     return confirm
 

@@ -51,3 +51,9 @@ class StartFailed(SparkqError):
 
 class BackupDiskFull(BackupFailed):
     """A backup ran out of space; nothing partial was left."""
+
+
+class Interrupted(SparkqError):
+    """Ctrl-C or SIGTERM stopped an operation that then put back what it had changed."""
+
+    exit_code = 130  # 128 + SIGINT, as shells report it

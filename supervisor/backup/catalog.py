@@ -583,6 +583,8 @@ def resolve(settings, ref: str) -> Entry:
     """
     text = ref if isinstance(ref, str) else str(ref)
     text = text.strip()
+    if text.rstrip("/") and "/" not in text.rstrip("/"):
+        text = text.rstrip("/")  # a bundle name as tab completion gives it: sparkq_20260101_000000/
     if not text:
         raise UsageError(f"empty backup reference; {REF_HINT}")
     if any(c in text for c in "/\\\0") or ".." in text or text.startswith(".") or not text.isprintable():

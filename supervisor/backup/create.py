@@ -404,6 +404,9 @@ def _open_readonly(db: Path) -> sqlite3.Connection:
 
 def _link_db(live: Path, target: Path) -> bool:
     """Hard-link a quiescent live DB into the bundle; False means: snapshot it instead."""
+    # Link the file itself: link(2) does not follow a symlinked database.path, and a bundle
+    # holding the symlink would fail every check (and hold no data).
+    live = Path(os.path.realpath(live))
     wal = live.with_name(live.name + "-wal")
     if wal.exists() and wal.stat().st_size > 0:
         return False

@@ -148,15 +148,15 @@ def origin_warnings(entry, settings) -> list[str]:
     warnings = []
     theirs, mine = owner(entry), project_id(settings.paths)
     if theirs is not None and theirs != mine:  # no id of our own yet: we never wrote a marked bundle
-        warnings.append(f"WARNING: {entry.name} was taken by ANOTHER PROJECT (project_id {theirs}, this "
+        warnings.append(f"{entry.name} was taken by ANOTHER PROJECT (project_id {theirs}, this "
                         f"project is {mine or 'not yet marked'}): its sparkq.yml and .env are that project's")
     db_path = (m.get("database") or {}).get("path") if isinstance(m.get("database"), dict) else None
     if isinstance(db_path, str) and db_path != str(settings.paths.db.absolute()):
-        warnings.append(f"WARNING: {entry.name} was taken of the database {db_path}, "
+        warnings.append(f"{entry.name} was taken of the database {db_path}, "
                         f"not of this project's {settings.paths.db.absolute()}")
     host = m.get("hostname")
     if isinstance(host, str) and host and host != socket.gethostname():
-        warnings.append(f"WARNING: {entry.name} was taken on another host ({host})")
+        warnings.append(f"{entry.name} was taken on another host ({host})")
     return warnings
 
 

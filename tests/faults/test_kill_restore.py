@@ -193,7 +193,7 @@ _CRASH_AFTER_PRE_RESTORE = textwrap.dedent("""
     from supervisor import config
     from supervisor.backup import restore
 
-    def crash(step, paths):
+    def crash(step, *_):
         os.kill(os.getpid(), signal.SIGKILL)  # the pre-restore bundle is published; nothing placed
 
     restore._place = crash

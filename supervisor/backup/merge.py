@@ -1,0 +1,133 @@
+"""`backup-restore N --tables ...`: merge rows of a backup's configuration tables into the live DB.
+
+A merge never deletes a live row. Each backup row is written with `INSERT OR ABORT` / `UPDATE OR
+ABORT` (an explicit conflict clause: a table's own `ON CONFLICT REPLACE` would otherwise delete
+the row in the way), inside a savepoint, so a clash undoes that one row and nothing else:
+
+- a backup row whose primary key matches a live row updates that row (the backup's values win);
+- a backup row with a primary key the live table lacks is added;
+- a backup row that clashes with a *different* live row on another unique column
+  (`prompts.command`, `agent_roles.key`, ...) or breaks another constraint is skipped and listed;
+  the live row stays as it is.
+
+Constraints are read from the live schema, not listed here, so a table or unique index added
+later follows the same rule. All tables go in one transaction (`storage.transaction`); foreign
+keys are checked once, at its commit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+RULE = (
+    "a backup row with the same primary key as a live row updates it; a row with a new key is "
+    "added; a row that clashes with a different live row on another unique column "
+    "(e.g. prompts.command, agent_roles.key) is skipped and listed, and the live row is kept; "
+    "no live row is ever deleted"
+)
+SHOWN_SKIPS = 5  # skipped rows listed per table in the text output (JSON lists them all)
+
+
+@dataclass
+class TableMerge:
+    rows: int = 0  # rows in the backup's table
+    written: int = 0  # backup rows now in the live table (updated or added)
+    added: int = 0  # of those, rows the live table did not have
+    skipped: int = 0
+    skipped_rows: list[dict] = field(default_factory=list)  # {"key": ..., "reason": ...}
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def merge_tables(live_db: Path, source_db: Path, tables: list[str]) -> dict[str, TableMerge]:
+    """Merge `tables` of `source_db` (read-only, nobody else's) into `live_db`; one transaction."""
+    from sparkq import storage
+
+    # A URI main connection, so that ATTACH reads the next URI as one on every SQLite build.
+    conn = sqlite3.connect(Path(live_db).absolute().as_uri(), uri=True, timeout=5, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("ATTACH DATABASE ? AS bk", (_ro_uri(source_db),))
+        merged: dict[str, TableMerge] = {}
+        with storage.transaction(conn):
+            conn.execute("PRAGMA defer_foreign_keys=ON")  # checked once, at COMMIT
+            for table in tables:
+                merged[table] = _merge_table(conn, table)
+        return merged
+    finally:
+        conn.close()
+
+
+def _merge_table(conn: sqlite3.Connection, table: str) -> TableMerge:
+    live = conn.execute(f'PRAGMA main.table_info("{table}")').fetchall()
+    backup_cols = {r[1] for r in conn.execute(f'PRAGMA bk.table_info("{table}")')}
+    if not live or not backup_cols:
+        where = "backup" if not backup_cols else "current database"
+        return TableMerge(note=f"table {table} is missing from the {where}; skipped")
+    cols = [r[1] for r in live if r[1] in backup_cols]
+    pk = [r[1] for r in sorted((r for r in live if r[5] > 0), key=lambda r: r[5])]
+    if not set(pk) <= set(cols):
+        pk = []  # the backup lacks a key column: its rows can only be added
+    quoted = ", ".join(f'"{c}"' for c in cols)
+    result = TableMerge()
+    for row in conn.execute(f'SELECT {quoted} FROM bk."{table}"').fetchall():
+        result.rows += 1
+        values = dict(zip(cols, row))
+        key = {c: values[c] for c in pk} if pk else values
+        exists = bool(pk) and conn.execute(
+            f'SELECT 1 FROM main."{table}" WHERE {_match(pk)}', [values[c] for c in pk]).fetchone()
+        conn.execute("SAVEPOINT merge_row")
+        try:
+            if exists:
+                others = [c for c in cols if c not in pk]
+                if others:
+                    sets = ", ".join(f'"{c}" = ?' for c in others)
+                    conn.execute(f'UPDATE OR ABORT main."{table}" SET {sets} WHERE {_match(pk)}',
+                                 [values[c] for c in others] + [values[c] for c in pk])
+            else:
+                marks = ", ".join("?" for _ in cols)
+                conn.execute(f'INSERT OR ABORT INTO main."{table}" ({quoted}) VALUES ({marks})', row)
+        except sqlite3.IntegrityError as exc:
+            conn.execute("ROLLBACK TO merge_row")
+            conn.execute("RELEASE merge_row")
+            result.skipped += 1
+            result.skipped_rows.append({"key": key, "reason": _reason(conn, table, exc, values, pk)})
+            continue
+        conn.execute("RELEASE merge_row")
+        result.written += 1
+        result.added += 0 if exists else 1
+    return result
+
+
+def _match(cols: list[str]) -> str:
+    return " AND ".join(f'"{c}" IS ?' for c in cols)
+
+
+def _reason(conn, table: str, exc: sqlite3.IntegrityError, values: dict, pk: list[str]) -> str:
+    """'command 'x' is taken by live row prm_1' for a unique clash; SQLite's words otherwise."""
+    text = str(exc)
+    prefix = "UNIQUE constraint failed: "
+    if not text.startswith(prefix):
+        return text
+    cols = [part.strip().split(".", 1)[-1] for part in text[len(prefix):].split(",")]
+    if not all(c in values for c in cols):
+        return text
+    shown = ", ".join(f"{c} {values[c]!r}" for c in cols)
+    holder = None
+    if pk:
+        key_cols = ", ".join(f'"{c}"' for c in pk)
+        found = conn.execute(f'SELECT {key_cols} FROM main."{table}" WHERE {_match(cols)}',
+                             [values[c] for c in cols]).fetchone()
+        holder = ", ".join(str(v) for v in found) if found else None
+    return f"{shown} is taken by live row {holder}" if holder else f"{shown} is already taken"
+
+
+def _ro_uri(path: Path) -> str:
+    """Read-only, no locks, no -wal/-shm created: only for files nobody else writes."""
+    return f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1"
