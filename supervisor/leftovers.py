@@ -79,7 +79,7 @@ def stop_all(token: str | None, *, port: int | None = None, since: float | None 
         if not procs:
             break
         signalled += [p.pid for p in procs if p.pid not in signalled]
-        log.get().warning("server_leftovers_stopped", pids=[p.pid for p in procs])
+        log.get().info("server_leftovers_stopped", pids=[p.pid for p in procs])
         for proc in procs:
             try:
                 proc.terminate()
