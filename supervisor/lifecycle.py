@@ -155,6 +155,8 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
         notices.append(stale)
     if info is not None:
         return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
+    if process.left_behind(settings.paths)[1]:
+        raise StartFailed(f"server not started: {stale}")
     with sigterm_unwinds():
         settings = _prepare(settings, notices, skip_backup)
         backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
@@ -277,7 +279,7 @@ def _stop_locked(settings) -> StopResult:
     paths = settings.paths
     info, stale = process.identify(paths)
     if info is None:
-        return StopResult(was_running=False, notice=stale)
+        return _stop_left_behind(settings, stale)
     began = time.monotonic()
     suspended = process.is_suspended(info.pid)
     forced = _terminate(info.pid, float(settings.get("server.stop_timeout")), resume=suspended)
@@ -290,6 +292,22 @@ def _stop_locked(settings) -> StopResult:
     log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended, seconds=round(seconds, 3))
     return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale,
                       suspended=suspended)
+
+
+def _stop_left_behind(settings, stale: str | None) -> StopResult:
+    """No server, but maybe what one left when it forked into the background: stop that."""
+    spawn_id, left = process.left_behind(settings.paths)
+    if not left:
+        return StopResult(was_running=False, notice=stale)
+    from .leftovers import stop_all
+
+    began = time.monotonic()
+    pids = stop_all(spawn_id, timeout=float(settings.get("server.stop_timeout")))
+    process.remove_pidfile(settings.paths)
+    log.get().info("server_leftovers_stopped", pids=pids)
+    notice = f"the server had exited but left PID {', '.join(map(str, pids))} running; stopped them"
+    return StopResult(was_running=True, pid=pids[0] if pids else None, seconds=time.monotonic() - began,
+                      notice=notice)
 
 
 def _terminate(pid: int, timeout: float, *, resume: bool = False) -> bool:
@@ -406,6 +424,8 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
         print(f"sparkq: {stale}", file=sys.stderr)
     if info is not None:
         raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
+    if process.left_behind(settings.paths)[1]:
+        raise StartFailed(f"server not started: {stale}")
     notices: list[str] = []
     notifier.send("STATUS=pre-start backup")
     with notifier.extend_timeout(120, every=20):  # a big DB must not hit TimeoutStartSec

@@ -122,7 +122,30 @@ def identify(paths: Paths) -> tuple[PidInfo | None, str | None]:
     why = _not_ours(info)
     if why is None:
         return info, None
+    left = _left_behind(info)
+    if left:
+        # Keep the pidfile: its spawn_id is how `stop` finds these processes.
+        pids = ", ".join(str(p.pid) for p in left)
+        return None, (f"the server (PID {info.pid}) has exited but left PID {pids} running (it forked into "
+                      "the background); ./sparkq.sh stop stops them")
     return None, _drop_stale(paths, raw, info.pid, why)
+
+
+def _left_behind(info: PidInfo) -> list:
+    return leftovers.find(info.spawn_id) if info.spawn_id else []
+
+
+def left_behind(paths: Paths) -> tuple[str | None, list]:
+    """(spawn_id, live processes carrying it) when the pidfile's server has exited but processes
+    it started still run: a server that daemonized after it answered."""
+    try:
+        raw = _read_raw(paths.pidfile)
+        info = _parse(raw) if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        info = None
+    if info is None or not info.spawn_id or _not_ours(info) is None:
+        return None, []
+    return info.spawn_id, _left_behind(info)
 
 
 def server_alive(paths: Paths) -> PidInfo | None:
