@@ -24,14 +24,16 @@ def new_token() -> str:
 
 
 def find(token: str | None, *, port: int | None = None, since: float | None = None) -> list:
-    """Live processes (not zombies, not this one) that carry `token`, or listen on `port` and
-    were created at or after `since` by our user."""
+    """Live processes (not zombies, not this one) created at or after `since` that carry `token`,
+    or listen on `port` and belong to our user."""
     import psutil
 
     me, found = os.getpid(), {}
     if token:
-        for proc in psutil.process_iter():
-            if proc.pid == me:
+        for proc in psutil.process_iter(["create_time"]):
+            # Nothing created before the spawn can carry its token; skipping those saves reading
+            # the environment of every process on the machine.
+            if proc.pid == me or (since is not None and (proc.info["create_time"] or 0) < since - 1.0):
                 continue
             try:
                 if proc.environ().get(SPAWN_ENV) == token and proc.status() != psutil.STATUS_ZOMBIE:

@@ -286,7 +286,7 @@ def _stop_locked(settings) -> StopResult:
     if info.spawn_id:  # anything the server started that left its process group
         from .leftovers import stop_all
 
-        stop_all(info.spawn_id, timeout=float(settings.get("server.stop_timeout")))
+        stop_all(info.spawn_id, since=info.create_time, timeout=float(settings.get("server.stop_timeout")))
     process.remove_pidfile(paths, info.pid)
     seconds = time.monotonic() - began
     log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended, seconds=round(seconds, 3))
@@ -406,7 +406,7 @@ def run(settings, *, skip_backup: bool = False) -> int:
             process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
         from .leftovers import stop_all
 
-        if stop_all(spawned.token, timeout=forwarder.stop_timeout):  # or left its group (daemonized)
+        if stop_all(spawned.token, since=spawned.started, timeout=forwarder.stop_timeout):  # or left its group (daemonized)
             print("sparkq: the server left processes outside its process group; stopped them", file=sys.stderr)
         process.remove_pidfile(settings.paths, spawned.proc.pid)
         if not forwarder.stopping:

@@ -132,7 +132,7 @@ def identify(paths: Paths) -> tuple[PidInfo | None, str | None]:
 
 
 def _left_behind(info: PidInfo) -> list:
-    return leftovers.find(info.spawn_id) if info.spawn_id else []
+    return leftovers.find(info.spawn_id, since=info.create_time) if info.spawn_id else []
 
 
 def left_behind(paths: Paths) -> tuple[str | None, list]:
