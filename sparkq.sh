@@ -68,7 +68,8 @@ apt_install() {
 owner_note() {
   local owner
   owner="$(stat -c %U "$HERE" 2>/dev/null || stat -f %Su "$HERE" 2>/dev/null || echo unknown)"
-  echo "the checkout $HERE belongs to user $owner (you are $(id -un)): run as $owner, e.g. sudo -u $owner $0 ${cmd:-COMMAND}"
+  echo "the checkout $HERE belongs to user $owner (you are $(id -un)): run as $owner," \
+       "e.g. sudo -u $owner $0 ${cmd:-COMMAND}"
 }
 
 # ensure_venv [EXTRA]: create .venv and (re)install the project when pyproject.toml changed.
@@ -96,7 +97,8 @@ ensure_venv() {
   fi
   want="$(cat "$HERE/pyproject.toml" | cksum | cut -d' ' -f1)${extra:+[$extra]}"
   if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
-    [ -w "$VENV" ] || die "$VENV needs an update (pyproject.toml changed) but is not writable by you; $(owner_note)"
+    [ -w "$VENV" ] ||
+      die "$VENV needs an update (pyproject.toml changed) but is not writable by you; $(owner_note)"
     echo "sparkq.sh: installing SparkQ${extra:+ with [$extra]} into .venv" >&2
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$HERE${extra:+[$extra]}" >&2 ||
       die "pip install failed; see the messages above"

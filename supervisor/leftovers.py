@@ -36,7 +36,8 @@ def find(token: str | None, *, port: int | None = None, since: float | None = No
             if proc.pid == me or (since is not None and (proc.info["create_time"] or 0) < since - 1.0):
                 continue
             try:
-                if proc.environ().get(SPAWN_ENV) == token and proc.status() != psutil.STATUS_ZOMBIE:
+                if (proc.environ().get(SPAWN_ENV) == token and proc.uids().real == os.getuid()
+                        and proc.status() != psutil.STATUS_ZOMBIE):
                     found[proc.pid] = proc
             except psutil.Error:
                 continue

@@ -74,7 +74,7 @@ class StopResult:
         else:
             lines.append(f"stopped (PID {self.pid}, {self.seconds:.1f}s)")
             if self.suspended:
-                lines.append("  it was suspended (SIGSTOP): resumed it with SIGCONT so it could shut down cleanly")
+                lines.append("  it was suspended (SIGSTOP): resumed it with SIGCONT so it could shut down")
         return "\n".join(lines)
 
 
@@ -289,7 +289,8 @@ def _stop_locked(settings) -> StopResult:
         stop_all(info.spawn_id, since=info.create_time, timeout=float(settings.get("server.stop_timeout")))
     process.remove_pidfile(paths, info.pid)
     seconds = time.monotonic() - began
-    log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended, seconds=round(seconds, 3))
+    log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended,
+                   seconds=round(seconds, 3))
     return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale,
                       suspended=suspended)
 
@@ -406,7 +407,8 @@ def run(settings, *, skip_backup: bool = False) -> int:
             process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
         from .leftovers import stop_all
 
-        if stop_all(spawned.token, since=spawned.started, timeout=forwarder.stop_timeout):  # or left its group (daemonized)
+        # What left the group (a server that daemonized) is found by the spawn's token.
+        if stop_all(spawned.token, since=spawned.started, timeout=forwarder.stop_timeout):
             print("sparkq: the server left processes outside its process group; stopped them", file=sys.stderr)
         process.remove_pidfile(settings.paths, spawned.proc.pid)
         if not forwarder.stopping:
@@ -484,7 +486,8 @@ def status(settings) -> StatusResult:
         url = health_path if health_path.startswith("http") else info.url.rstrip("/") + health_path
         ok, body = process.probe_health(url, timeout=1.0)
         # Always an object, so scripts can read `health.ok` without checking its type first.
-        result.health = {**body, "ok": True} if ok else {"ok": False, "error": f"no healthy answer from {url}: {body}"}
+        result.health = ({**body, "ok": True} if ok
+                         else {"ok": False, "error": f"no healthy answer from {url}: {body}"})
     exposed = settings.exposure(info.host if info is not None else None)
     if exposed:
         result.warnings.append(exposed)
