@@ -491,6 +491,10 @@ def status(settings) -> StatusResult:
     exposed = settings.exposure(info.host if info is not None else None)
     if exposed:
         result.warnings.append(exposed)
+    if info is None and process.port_in_use(settings.host, settings.port):
+        # Not ours (or no longer recorded): say so rather than a bare "stopped" while it serves.
+        result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
+                               "`start` will refuse until it is stopped (find it with: ss -ltnp)")
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
     return result
 
