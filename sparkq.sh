@@ -64,22 +64,41 @@ apt_install() {
   fi
 }
 
+# "the checkout X belongs to user Y (you are Z)": the usual reason a .venv cannot be used.
+owner_note() {
+  local owner
+  owner="$(stat -c %U "$HERE" 2>/dev/null || stat -f %Su "$HERE" 2>/dev/null || echo unknown)"
+  echo "the checkout $HERE belongs to user $owner (you are $(id -un)): run as $owner," \
+       "e.g. sudo -u $owner $0 ${cmd:-COMMAND}"
+}
+
 # ensure_venv [EXTRA]: create .venv and (re)install the project when pyproject.toml changed.
+# An existing .venv that this run did not create is never deleted or rebuilt: it may belong to
+# another user, or be the only working install; when it cannot be used we say why and stop.
 ensure_venv() {
   local extra="${1:-}" want stamp="$VENV/.sparkq-installed"
-  if [ ! -x "$VENV/bin/python" ]; then
+  if [ -e "$VENV" ] || [ -L "$VENV" ]; then
+    if [ -e "$VENV/bin/python" ] && [ ! -x "$VENV/bin/python" ]; then
+      die "$VENV/bin/python cannot be executed by you; $(owner_note)"
+    elif [ ! -x "$VENV/bin/python" ]; then
+      die "$VENV has no working bin/python; if it is broken, remove it yourself (rm -rf $VENV) and run again"
+    fi
+  else
     local py
     py="$(find_python)" || { apt_install python3 python3-venv && py="$(find_python)"; } ||
       die "Python >= 3.11 is required; install it and run again"
+    [ -w "$HERE" ] || die "cannot create $VENV: $HERE is not writable by you; $(owner_note)"
     echo "sparkq.sh: creating $VENV" >&2
     if ! "$py" -m venv "$VENV" 2>/dev/null; then
-      rm -rf "$VENV"
+      rm -rf "$VENV"  # only what this run just created: the branch is for a missing .venv
       apt_install python3-venv || die "cannot create a virtualenv; install python3-venv"
       "$py" -m venv "$VENV" || die "cannot create a virtualenv in $VENV"
     fi
   fi
   want="$(cat "$HERE/pyproject.toml" | cksum | cut -d' ' -f1)${extra:+[$extra]}"
   if [ ! -f "$stamp" ] || ! grep -qxF -- "$want" "$stamp"; then
+    [ -w "$VENV" ] ||
+      die "$VENV needs an update (pyproject.toml changed) but is not writable by you; $(owner_note)"
     echo "sparkq.sh: installing SparkQ${extra:+ with [$extra]} into .venv" >&2
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$HERE${extra:+[$extra]}" >&2 ||
       die "pip install failed; see the messages above"

@@ -36,6 +36,13 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
 }
 # Sections the server owns; the supervisor passes them through unchecked.
 _FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features", "sparkq"}
+# Top-level keys the original SparkQ writes into its sparkq.yml (see ORIGINAL.md): a restored
+# original config passes through without a warning for each of them.
+_ORIGINAL_SECTIONS = {"project", "queue_runner", "defaults", "sparkq_scripts_dir", "script_dirs"}
+# Keys the original writes inside sections we own, with the one value that matches what we do.
+_ORIGINAL_KEYS = {"database.mode": "wal"}  # our server always runs the database in WAL mode
+# Bumped when parsing rules change, so a parse cached by an older version is not trusted.
+_PARSER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,15 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    def exposure(self, host: str | None = None) -> str | None:
+        """One line when `host` (default: server.host) makes the API reachable from the network."""
+        host = self.host if host is None else host
+        if host not in WILDCARD_HOSTS:
+            return None
+        shown = host or "empty"
+        return (f"warning: server.host is {shown}: the API (no authentication) is reachable from other "
+                f"machines; set server.host: 127.0.0.1 in {self.paths.config_file.name} to keep it local")
 
     @property
     def health_url(self) -> str:
@@ -140,7 +156,7 @@ def _read_cached(path: Path, cache: Path) -> Any:
 
     try:
         st = path.stat()
-        stamp = [str(path), st.st_mtime_ns, st.st_size, st.st_ino]
+        stamp = [str(path), st.st_mtime_ns, st.st_size, st.st_ino, _PARSER_VERSION]
     except OSError:
         return _read_yaml(path)  # it says why
     try:
@@ -161,8 +177,15 @@ def _read_cached(path: Path, cache: Path) -> Any:
     return data
 
 
+_UniqueKeyLoader = None  # built on first use: importing yaml is what the JSON cache avoids
+
+
 def _read_yaml(path: Path) -> Any:
     import yaml
+
+    global _UniqueKeyLoader
+    if _UniqueKeyLoader is None:
+        _UniqueKeyLoader = _unique_key_loader()
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -171,12 +194,43 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); check its permissions")
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: line {exc.line}: key '{exc.key}' appears twice ({exc.where}); "
+                          "keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}:{where}: invalid YAML ({problem}); fix the file or restore it")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, where: str):
+        super().__init__(key)
+        self.key, self.line, self.where = key, line, where
+
+
+def _unique_key_loader():
+    """A SafeLoader that refuses a mapping with the same key twice: PyYAML would keep the last
+    one silently, so a second `server:` section would quietly drop the first."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(str(key), line, f"first on line {seen[key]}")
+                    seen[key] = line
+                except TypeError:
+                    continue  # an unhashable key: the base class reports it
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
@@ -188,7 +242,7 @@ def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
     warnings: list[str] = []
     sections = {key.split(".")[0] for key in _SCHEMA}
     for section, body in raw.items():
-        if section in _FREE_SECTIONS:
+        if section in _FREE_SECTIONS or section in _ORIGINAL_SECTIONS:
             continue
         if section not in sections:
             warnings.append(f"{path}: unknown key '{section}' ignored")
@@ -199,6 +253,8 @@ def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
             raise ConfigError(f"{path}: '{section}' must be a mapping, got {_kind(body)}")
         for key, value in body.items():
             dotted = f"{section}.{key}"
+            if dotted in _ORIGINAL_KEYS and value == _ORIGINAL_KEYS[dotted]:
+                continue
             if dotted not in _SCHEMA:
                 warnings.append(f"{path}: unknown key '{dotted}' ignored")
                 continue

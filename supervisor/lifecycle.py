@@ -56,6 +56,7 @@ class StopResult:
     forced: bool = False  # SIGKILL was needed
     seconds: float = 0.0
     notice: str | None = None
+    suspended: bool = False  # it was stopped (SIGSTOP, Ctrl-Z): resumed so it could see SIGTERM
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,11 +65,16 @@ class StopResult:
         lines = [self.notice] if self.notice else []
         if not self.was_running:
             lines.append("not running")
+        elif self.forced and self.suspended:
+            lines.append(f"stopped (PID {self.pid}) with SIGKILL: it was suspended (SIGSTOP) and did not "
+                         f"shut down within {self.seconds:.0f}s of SIGTERM and SIGCONT")
         elif self.forced:
             lines.append(f"stopped (PID {self.pid}) with SIGKILL: it ignored SIGTERM for "
                          f"{self.seconds:.0f}s (server.stop_timeout)")
         else:
             lines.append(f"stopped (PID {self.pid}, {self.seconds:.1f}s)")
+            if self.suspended:
+                lines.append("  it was suspended (SIGSTOP): resumed it with SIGCONT so it could shut down")
         return "\n".join(lines)
 
 
@@ -85,6 +91,7 @@ class StatusResult:
     newest_backup: str | None = None
     newest_backup_age_s: float | None = None
     notice: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -97,6 +104,7 @@ class StatusResult:
 
     def text(self) -> str:
         lines = [self.notice] if self.notice else []
+        lines += self.warnings
         if self.running:
             lines.append(f"running (PID {self.pid}, up {_duration(self.uptime_s)}) at {self.url}")
             lines.append(f"  health:   {_health_text(self.health)}")
@@ -147,6 +155,8 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
         notices.append(stale)
     if info is not None:
         return StartResult(pid=info.pid, url=info.url, already_running=True, notices=notices)
+    if process.left_behind(settings.paths)[1]:
+        raise StartFailed(f"server not started: {stale}")
     with sigterm_unwinds():
         settings = _prepare(settings, notices, skip_backup)
         backup, backup_text = _pre_start_backup(settings, trigger, skip_backup)
@@ -195,12 +205,10 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
             from . import config
 
             settings = config.load(paths.config_file, root=paths.root)
-    from .config import WILDCARD_HOSTS
-
-    if settings.host in WILDCARD_HOSTS:
-        log.get().warning("server_exposed", host=settings.host,
-                          hint="the server is reachable from the network; set server.host: 127.0.0.1 "
-                               "in sparkq.yml to keep it local")
+    exposed = settings.exposure()
+    if exposed:  # said in the result, where it is read; the log keeps a record
+        notices.append(exposed)
+        log.get().info("server_exposed", host=settings.host)
     if process.port_in_use(settings.host, settings.port):
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
@@ -301,7 +309,7 @@ def _record(settings, spawned: process.Spawned, *, mode: str, supervisor_pid: in
     info = process.PidInfo(
         pid=pid, create_time=create_time, argv=spawned.argv, host=settings.host, port=settings.port,
         started_at=process.now_iso(), url=settings.base_url, mode=mode, supervisor_pid=supervisor_pid,
-        cmdline=cmdline,
+        cmdline=cmdline, spawn_id=spawned.token,
     )
     process.write_pidfile(settings.paths, info)
     log.get().info("server_spawned", pid=pid, argv=spawned.argv, pidfile=str(settings.paths.pidfile))
@@ -314,6 +322,10 @@ def _discard(settings, spawned: process.Spawned) -> None:
     if proc.poll() is None or process.group_members(proc.pid):
         process.kill_group(proc.pid, reap=proc.poll)
     proc.wait()
+    # A server that daemonized left its group: find it by the spawn's token (or our port).
+    from .leftovers import stop_all
+
+    stop_all(spawned.token, port=spawned.port, since=spawned.started)
     process.remove_pidfile(settings.paths, proc.pid)
     log.get().error("server_start_failed", pid=proc.pid, status=proc.returncode)
 
@@ -330,30 +342,55 @@ def _stop_locked(settings) -> StopResult:
     paths = settings.paths
     info, stale = process.identify(paths)
     if info is None:
-        return StopResult(was_running=False, notice=stale)
+        return _stop_left_behind(settings, stale)
     began = time.monotonic()
-    forced = _terminate(info.pid, float(settings.get("server.stop_timeout")))
+    suspended = process.is_suspended(info.pid)
+    forced = _terminate(info.pid, float(settings.get("server.stop_timeout")), resume=suspended)
+    if info.spawn_id:  # anything the server started that left its process group
+        from .leftovers import stop_all
+
+        stop_all(info.spawn_id, since=info.create_time, timeout=float(settings.get("server.stop_timeout")))
     process.remove_pidfile(paths, info.pid)
     seconds = time.monotonic() - began
-    log.get().info("server_stopped", pid=info.pid, forced=forced, seconds=round(seconds, 3))
-    return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale)
+    log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended,
+                   seconds=round(seconds, 3))
+    return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale,
+                      suspended=suspended)
 
 
-def _terminate(pid: int, timeout: float) -> bool:
+def _stop_left_behind(settings, stale: str | None) -> StopResult:
+    """No server, but maybe what one left when it forked into the background: stop that."""
+    spawn_id, left = process.left_behind(settings.paths)
+    if not left:
+        return StopResult(was_running=False, notice=stale)
+    from .leftovers import stop_all
+
+    began = time.monotonic()
+    pids = stop_all(spawn_id, timeout=float(settings.get("server.stop_timeout")))
+    process.remove_pidfile(settings.paths)
+    log.get().info("server_leftovers_stopped", pids=pids)
+    notice = f"the server had exited but left PID {', '.join(map(str, pids))} running; stopped them"
+    return StopResult(was_running=True, pid=pids[0] if pids else None, seconds=time.monotonic() - began,
+                      notice=notice)
+
+
+def _terminate(pid: int, timeout: float, *, resume: bool = False) -> bool:
     pgid = process.pgid_of(pid)
     if pgid != pid or pgid == os.getpgrp():
         # Not the leader of its own group (we always start it as one): signal it alone rather
         # than a group that may hold unrelated processes.
-        return _terminate_one(pid, timeout)
-    return process.terminate_group(pgid, timeout)
+        return _terminate_one(pid, timeout, resume=resume)
+    return process.terminate_group(pgid, timeout, resume=resume)
 
 
-def _terminate_one(pid: int, timeout: float) -> bool:
+def _terminate_one(pid: int, timeout: float, *, resume: bool = False) -> bool:
     import psutil
 
     try:
         proc = psutil.Process(pid)
         proc.terminate()
+        if resume:
+            proc.resume()
         proc.wait(timeout)
         return False
     except psutil.NoSuchProcess:
@@ -431,6 +468,11 @@ def run(settings, *, skip_backup: bool = False) -> int:
         forwarder.restore()
         if process.group_members(spawned.proc.pid):  # its own children outlived it
             process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
+        from .leftovers import stop_all
+
+        # What left the group (a server that daemonized) is found by the spawn's token.
+        if stop_all(spawned.token, since=spawned.started, timeout=forwarder.stop_timeout):
+            print("sparkq: the server left processes outside its process group; stopped them", file=sys.stderr)
         process.remove_pidfile(settings.paths, spawned.proc.pid)
         if not forwarder.stopping:
             notifier.send("STOPPING=1")
@@ -447,6 +489,8 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
         print(f"sparkq: {stale}", file=sys.stderr)
     if info is not None:
         raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
+    if process.left_behind(settings.paths)[1]:
+        raise StartFailed(f"server not started: {stale}")
     notices: list[str] = []
     notifier.send("STATUS=pre-start backup")
     with notifier.extend_timeout(120, every=20):  # a big DB must not hit TimeoutStartSec
@@ -509,7 +553,16 @@ def status(settings) -> StatusResult:
         health_path = settings.get("server.health_url")
         url = health_path if health_path.startswith("http") else info.url.rstrip("/") + health_path
         ok, body = process.probe_health(url, timeout=1.0)
-        result.health = body if ok else f"no healthy answer from {url}: {body}"
+        # Always an object, so scripts can read `health.ok` without checking its type first.
+        result.health = ({**body, "ok": True} if ok
+                         else {"ok": False, "error": f"no healthy answer from {url}: {body}"})
+    exposed = settings.exposure(info.host if info is not None else None)
+    if exposed:
+        result.warnings.append(exposed)
+    if info is None and process.port_in_use(settings.host, settings.port):
+        # Not ours (or no longer recorded): say so rather than a bare "stopped" while it serves.
+        result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
+                               "`start` will refuse until it is stopped (find it with: ss -ltnp)")
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
     return result
 
@@ -559,8 +612,10 @@ def _duration(seconds: float | None) -> str:
 
 
 def _health_text(health) -> str:
-    if isinstance(health, dict):
-        state = health.get("status", "ok")
-        rest = ", ".join(f"{k} {v}" for k, v in health.items() if k not in ("status", "pid"))
-        return f"{state} ({rest})" if rest else str(state)
-    return str(health)
+    if not isinstance(health, dict):
+        return str(health)
+    if not health.get("ok", True):
+        return str(health.get("error"))
+    state = health.get("status", "ok")
+    rest = ", ".join(f"{k} {v}" for k, v in health.items() if k not in ("status", "pid", "ok"))
+    return f"{state} ({rest})" if rest else str(state)

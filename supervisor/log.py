@@ -1,8 +1,9 @@
 """structlog, configured once at the entry point.
 
-Events go as JSON lines to `sparkq/logs/supervisor.log` (when writable) and to stderr: readable
-console output on a TTY, JSON lines otherwise (journald under systemd). The console shows warnings
-and errors only, unless `verbose` (or systemd's JOURNAL_STREAM) asks for everything.
+Events go as JSON lines to the supervisor log (when writable) and to stderr as one readable line
+each (`sparkq: warning: event (key=value ...)`), on a terminal, in a pipe or in the journal alike:
+stderr is for people, the log file for machines. The console shows warnings and errors only,
+unless `verbose` (or systemd's JOURNAL_STREAM) asks for everything.
 Never log secrets: nothing here reads `.env`.
 """
 
@@ -44,14 +45,13 @@ def _configure(log_file: Path | None, verbose: bool) -> None:
     root.handlers.clear()
     root.setLevel(logging.INFO)
 
-    tty = sys.stderr.isatty()
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO if verbose or os.environ.get("JOURNAL_STREAM") else logging.WARNING)
     console.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.dev.ConsoleRenderer(colors=False) if tty else structlog.processors.JSONRenderer(),
+                _one_line,
             ],
             foreign_pre_chain=shared,
         )
@@ -81,6 +81,16 @@ def _configure(log_file: Path | None, verbose: bool) -> None:
             )
         )
         root.addHandler(handler)
+
+
+def _one_line(_logger, method_name: str, event: dict) -> str:
+    """An event as one line in the style of our other messages; tracebacks stay in the log file."""
+    level = event.pop("level", method_name)
+    name = event.pop("event", "")
+    for key in ("timestamp", "exc_info", "stack_info"):
+        event.pop(key, None)
+    rest = " ".join(f"{key}={value}" for key, value in event.items())
+    return f"sparkq: {level}: {name}" + (f" ({rest})" if rest else "")
 
 
 def get(name: str = "sparkq"):

@@ -31,34 +31,49 @@ class Paths:
     def env_file(self) -> Path:
         return self.root / ".env"
 
+    # Runtime files (pidfile, lock, logs, caches) follow the database, not the checkout: two
+    # configs with their own databases are two independent servers, and `stop` with one config
+    # never sees the other's server. For the default config these are the documented
+    # sparkq/data/sparkq.pid, sparkq/data/sparkq.lock and sparkq/logs/.
+
     @property
     def data_dir(self) -> Path:
-        return self.root / "sparkq" / "data"
+        return self.db.parent
+
+    @property
+    def _stem(self) -> str:
+        """Names runtime files after the database, so two databases in one folder do not share them."""
+        return self.db.stem or "sparkq"
 
     @property
     def pidfile(self) -> Path:
-        return self.data_dir / "sparkq.pid"
+        return self.data_dir / f"{self._stem}.pid"
 
     @property
     def lockfile(self) -> Path:
-        return self.data_dir / "sparkq.lock"
+        return self.data_dir / f"{self._stem}.lock"
 
     @property
     def listing_cache(self) -> Path:
         """backup-list's cache of what it read from each manifest (see backup/catalog.py)."""
-        return self.data_dir / ".listing-cache.json"
+        return self.data_dir / f".{self._log_name('listing-cache.json')}"
 
     @property
     def log_dir(self) -> Path:
-        return self.root / "sparkq" / "logs"
+        if self.data_dir == self.root / "sparkq" / "data":
+            return self.root / "sparkq" / "logs"
+        return self.data_dir / "logs"
 
     @property
     def server_log(self) -> Path:
-        return self.log_dir / "server.log"
+        return self.log_dir / self._log_name("server.log")
 
     @property
     def supervisor_log(self) -> Path:
-        return self.log_dir / "supervisor.log"
+        return self.log_dir / self._log_name("supervisor.log")
+
+    def _log_name(self, name: str) -> str:
+        return name if self._stem == "sparkq" else f"{self._stem}-{name}"
 
     @property
     def templates_dir(self) -> Path:

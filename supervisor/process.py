@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import log
+from . import leftovers, log
 from .errors import SparkqError, StartFailed
 from .fsutil import atomic_write_bytes, rotate_log
 from .paths import Paths
@@ -42,6 +42,7 @@ class PidInfo:
     mode: str = "start"  # "start" (detached) or "run" (child of a foreground supervisor)
     supervisor_pid: int | None = None  # the foreground `run` process, when mode == "run"
     cmdline: list[str] | None = None  # as the kernel reports it (a #! script shows its interpreter)
+    spawn_id: str | None = None  # the token in the server's environment (see leftovers.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,6 +105,7 @@ def _parse(raw: bytes) -> PidInfo:
         mode=str(data.get("mode", "start")),
         supervisor_pid=supervisor_pid if isinstance(supervisor_pid, int) and supervisor_pid > 0 else None,
         cmdline=[str(a) for a in data["cmdline"]] if isinstance(data.get("cmdline"), list) else None,
+        spawn_id=data["spawn_id"] if isinstance(data.get("spawn_id"), str) else None,
     )
 
 
@@ -120,7 +122,30 @@ def identify(paths: Paths) -> tuple[PidInfo | None, str | None]:
     why = _not_ours(info)
     if why is None:
         return info, None
+    left = _left_behind(info)
+    if left:
+        # Keep the pidfile: its spawn_id is how `stop` finds these processes.
+        pids = ", ".join(str(p.pid) for p in left)
+        return None, (f"the server (PID {info.pid}) has exited but left PID {pids} running (it forked into "
+                      "the background); ./sparkq.sh stop stops them")
     return None, _drop_stale(paths, raw, info.pid, why)
+
+
+def _left_behind(info: PidInfo) -> list:
+    return leftovers.find(info.spawn_id, since=info.create_time) if info.spawn_id else []
+
+
+def left_behind(paths: Paths) -> tuple[str | None, list]:
+    """(spawn_id, live processes carrying it) when the pidfile's server has exited but processes
+    it started still run: a server that daemonized after it answered."""
+    try:
+        raw = _read_raw(paths.pidfile)
+        info = _parse(raw) if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        info = None
+    if info is None or not info.spawn_id or _not_ours(info) is None:
+        return None, []
+    return info.spawn_id, _left_behind(info)
 
 
 def server_alive(paths: Paths) -> PidInfo | None:
@@ -255,6 +280,9 @@ class Spawned:
     argv: list[str]
     log_offset: int
     log_path: Path
+    token: str  # in the server's environment: finds what it leaves behind (leftovers.py)
+    started: float  # time.time() just before the spawn
+    port: int
 
 
 def server_argv(settings) -> list[str]:
@@ -265,9 +293,11 @@ def server_argv(settings) -> list[str]:
             "--db", str(settings.paths.db)]
 
 
-def child_env(settings) -> dict[str, str]:
+def child_env(settings, token: str = "") -> dict[str, str]:
     paths = settings.paths
     env = {**read_env_file(paths.env_file), **os.environ}  # the real environment wins over .env
+    if token:
+        env[leftovers.SPAWN_ENV] = token
     env.pop("NOTIFY_SOCKET", None)  # only the supervisor talks to systemd
     env.update(
         SPARKQ_ROOT=str(paths.root),
@@ -285,17 +315,20 @@ def spawn(settings) -> Spawned:
     appended to the server log."""
     paths = settings.paths
     argv = server_argv(settings)
+    token = leftovers.new_token()
+    env = child_env(settings, token)
     paths.log_dir.mkdir(parents=True, exist_ok=True)
     rotate_log(paths.server_log)
     with open(paths.server_log, "ab") as out:
         out.write(f"--- {now_iso()} sparkq supervisor starting: {' '.join(argv)}\n".encode())
         out.flush()
         offset = out.tell()
+        started = time.time()
         try:
             proc = subprocess.Popen(
                 argv,
                 cwd=paths.root,
-                env=child_env(settings),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -303,11 +336,16 @@ def spawn(settings) -> Spawned:
                 close_fds=True,
             )
         except OSError as exc:
+            if exc.errno == errno.E2BIG:
+                from .envsize import explain_e2big
+
+                raise StartFailed(explain_e2big(argv, env, paths.env_file)) from None
             raise StartFailed(
                 f"cannot run the server command {argv[0]!r}: {exc.strerror}; check server.command in "
                 f"{paths.config_file.name}"
             ) from None
-    return Spawned(proc=proc, argv=argv, log_offset=offset, log_path=paths.server_log)
+    return Spawned(proc=proc, argv=argv, log_offset=offset, log_path=paths.server_log, token=token,
+                   started=started, port=settings.port)
 
 
 def probe_health(url: str, timeout: float = 1.0) -> tuple[bool, dict | str]:
@@ -347,6 +385,9 @@ def wait_healthy(spawned: Spawned, url: str, timeout: float, *, stop_requested=l
         if rc is not None:
             if stop_requested():
                 return rc
+            left = leftovers.find(spawned.token, port=spawned.port, since=spawned.started)
+            if left:
+                raise StartFailed(_failure_text(spawned, _daemonized_text(rc, left)))
             raise StartFailed(_failure_text(spawned, f"the server exited with {_describe_status(rc)} "
                                                      "while starting"))
         remaining = deadline - time.monotonic()
@@ -358,6 +399,13 @@ def wait_healthy(spawned: Spawned, url: str, timeout: float, *, stop_requested=l
             return body
         last = "a server of another process answered" if ok else str(body)
         time.sleep(min(0.02, max(deadline - time.monotonic(), 0)))
+
+
+def _daemonized_text(rc: int, left: list) -> str:
+    pids = ", ".join(str(p.pid) for p in left)
+    return (f"the server command exited with {_describe_status(rc)} but left PID {pids} running: it "
+            "daemonizes (forks into the background), which SparkQ cannot supervise, so what it left is "
+            "stopped; make server.command run in the foreground (e.g. without its --daemon option)")
 
 
 def _answer_is_ours(body, pid: int) -> bool:
@@ -499,12 +547,15 @@ def wait_group_gone(pgid: int, timeout: float, reap=None) -> bool:
         delay = min(delay * 2, 0.1)
 
 
-def terminate_group(pgid: int, stop_timeout: float, reap=None) -> bool:
+def terminate_group(pgid: int, stop_timeout: float, reap=None, *, resume: bool = False) -> bool:
     """SIGTERM the group, wait `stop_timeout`, then SIGKILL it and wait until it is gone.
-    Returns True when SIGKILL was needed."""
+    With `resume`, SIGCONT follows SIGTERM: a suspended process acts on a signal only once it
+    runs again. Returns True when SIGKILL was needed."""
     log.get().info("server_stopping", pgid=pgid, signal="SIGTERM")
     if not signal_group(pgid, signal.SIGTERM):
         return False
+    if resume:
+        signal_group(pgid, signal.SIGCONT)
     if wait_group_gone(pgid, stop_timeout, reap):
         return False
     kill_group(pgid, reap)
@@ -518,6 +569,18 @@ def kill_group(pgid: int, reap=None) -> None:
         left = ", ".join(str(p.pid) for p in group_members(pgid))
         raise SparkqError(f"processes {left} of the server survived SIGKILL; check them with ps and "
                           "kill them by hand")
+
+
+def is_suspended(pid: int) -> bool:
+    """True when the process, or another of its process group, is stopped (SIGSTOP, Ctrl-Z)."""
+    import psutil
+
+    stopped = (psutil.STATUS_STOPPED, getattr(psutil, "STATUS_TRACING_STOP", "tracing-stop"))
+    try:
+        procs = [psutil.Process(pid)] + (group_members(pid) if pgid_of(pid) == pid else [])
+        return any(p.status() in stopped for p in procs)
+    except psutil.Error:
+        return False
 
 
 def pgid_of(pid: int) -> int:

@@ -17,11 +17,12 @@ from .errors import UsageError
 from .paths import CODE_ROOT
 
 
-def _template_dir(root: Path) -> Path:
-    for candidate in (root / "systemd", CODE_ROOT / "systemd"):
-        if (candidate / "sparkq.service").is_file():
-            return candidate
-    raise UsageError(f"unit templates not found in {CODE_ROOT / 'systemd'}; reinstall SparkQ from its checkout")
+def _template_dir() -> Path:
+    # The templates of the code that will run, not whatever a SPARKQ_ROOT folder may hold.
+    candidate = CODE_ROOT / "systemd"
+    if (candidate / "sparkq.service").is_file():
+        return candidate
+    raise UsageError(f"unit templates not found in {candidate}; reinstall SparkQ from its checkout")
 
 
 def _escape(value: str) -> str:
@@ -42,30 +43,39 @@ def render_unit(settings, user: bool = False) -> str:
 
     paths = settings.paths
     root = paths.root.resolve()
+    code = CODE_ROOT.resolve()
     name = "sparkq-user.service" if user else "sparkq.service"
-    text = (_template_dir(root) / name).read_text(encoding="utf-8")
+    text = (_template_dir() / name).read_text(encoding="utf-8")
 
-    # The server writes the DB, backups, logs, and (on restore) sparkq.yml and .env in the root;
-    # sparkq.sh may (re)install .venv there. A DB or backup dir outside the root is added; the
-    # leading '-' keeps a missing one from failing the start.
+    # The service runs this checkout's sparkq.sh (the project root may be another folder, given
+    # by SPARKQ_ROOT). It writes the DB, backups, logs, and (on restore) sparkq.yml and .env in
+    # the root; sparkq.sh may (re)install the checkout's .venv. A DB, backup dir or .venv outside
+    # the root is added; the leading '-' keeps a missing one from failing the start.
+    covered = [root]
     writable = [_escape(str(root))]
-    for extra in (paths.db.parent, paths.backup_dir, paths.config_file.parent):
+    extras = [paths.db.parent, paths.log_dir, paths.backup_dir, paths.config_file.parent,
+              code / ".venv", code / "sparkq.egg-info"]
+    for extra in extras:
         extra = extra.resolve()
-        if not _within(extra, root):
+        if not any(_within(extra, done) for done in covered):
+            covered.append(extra)
             writable.append(_escape("-" + str(extra)))
-    env_lines = ""
+    env = []
+    if root != code:
+        env.append("SPARKQ_ROOT=" + str(root))
     if paths.config_file.resolve() != root / "sparkq.yml":
-        env_lines = f"Environment={_escape('SPARKQ_CONFIG=' + str(paths.config_file.resolve()))}\n"
+        env.append("SPARKQ_CONFIG=" + str(paths.config_file.resolve()))
+    env_lines = "".join(f"Environment={_escape(item)}\n" for item in env)
 
     stop_timeout = float(settings.get("server.stop_timeout"))
     start_timeout = float(settings.get("server.start_timeout"))
     # PrivateTmp= mounts an empty /tmp: an install under /tmp would vanish from the service's view.
-    in_tmp = any(_within(root, Path(t)) for t in ("/tmp", "/var/tmp"))
+    in_tmp = any(_within(where, Path(t)) for t in ("/tmp", "/var/tmp") for where in (root, code))
     values = {
-        "@DOC@": _escape("file:" + quote(str(root / "README.md"))),
+        "@DOC@": _escape("file:" + quote(str(code / "README.md"))),
         "@WORKDIR@": str(root).replace("%", "%%"),  # taken verbatim: no quotes here
         "@PRIVATE_TMP@": "no" if in_tmp else "yes",
-        "@EXEC@": _escape(str(root / "sparkq.sh")),
+        "@EXEC@": _escape(str(code / "sparkq.sh")),
         "@USER@": pwd.getpwuid(os.getuid()).pw_name,
         "@READ_WRITE_PATHS@": " ".join(writable),
         "@ENVIRONMENT@\n": env_lines,

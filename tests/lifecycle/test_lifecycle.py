@@ -65,7 +65,7 @@ def test_status_json_keys_when_stopped(project, fake):
     assert result.returncode == 3
     data = json.loads(result.stdout)
     assert set(data) == {"running", "pid", "started_at", "uptime_s", "url", "health", "db_path", "db_size",
-                         "newest_backup", "newest_backup_age_s", "notice"}
+                         "newest_backup", "newest_backup_age_s", "notice", "warnings"}
     assert data["running"] is False and data["pid"] is None
 
 
@@ -213,6 +213,6 @@ def test_env_file_reaches_the_server_and_bad_lines_warn_without_values(project, 
             in fake.log_text())
     assert "env_file_lines_skipped" in result.stderr and "[5, 6]" in result.stderr
     assert "SECRET" not in result.stderr + result.stdout
-    assert "reachable from the network" in result.stderr
+    assert "reachable from other machines" in result.stdout
     assert "pre_start_backup_skipped" in result.stderr
     assert project.cli("stop").returncode == 0

@@ -116,7 +116,7 @@ def test_run_bundled_server_through_sparkq_sh_first_run(project):
     def healthy():
         assert proc.poll() is None, proc.communicate()
         st = project.cli("status", "--json")
-        return st.returncode == 0 and isinstance(json.loads(st.stdout)["health"], dict) and st
+        return st.returncode == 0 and json.loads(st.stdout)["health"]["ok"] and st
 
     status = json.loads(wait_until(healthy, timeout=60, what="the bundled server").stdout)
     project.reaper.add(status["pid"])

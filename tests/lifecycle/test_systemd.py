@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from helpers import REPO
 from supervisor import config
 from supervisor.systemd import Notifier, render_unit
 
@@ -31,10 +32,10 @@ def test_system_unit_is_filled_in(project):
     assert "@" not in "\n".join(lines)
     me = pwd.getpwuid(os.getuid()).pw_name
     for expected in ("Type=notify", "NotifyAccess=main", f"User={me}", f"WorkingDirectory={project.root}",
-                     f"ExecStart={project.root}/sparkq.sh run", "Restart=on-failure", "KillMode=mixed",
-                     "NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={project.root}",
-                     "WantedBy=default.target"):
+                     f"ExecStart={REPO}/sparkq.sh run", "Restart=on-failure", "KillMode=mixed",
+                     "NoNewPrivileges=yes", "ProtectSystem=strict", "WantedBy=default.target"):
         assert expected in lines, expected
+    assert any(line.startswith(f"ReadWritePaths={project.root} ") for line in lines), lines
     stop = next(int(line.split("=")[1]) for line in lines if line.startswith("TimeoutStopSec="))
     assert stop > 10  # above server.stop_timeout, so `run` can escalate itself
     # this test root lives under /tmp, which PrivateTmp= would hide from the service
@@ -46,7 +47,7 @@ def test_user_unit_via_cli(project):
     assert result.returncode == 0, result.stderr
     lines = _lines(result.stdout)
     assert not any(line.startswith("User=") for line in lines)
-    assert f"ExecStart={project.root}/sparkq.sh run" in lines and "WantedBy=default.target" in lines
+    assert f"ExecStart={REPO}/sparkq.sh run" in lines and "WantedBy=default.target" in lines
 
 
 def test_outside_paths_and_odd_characters_are_escaped(tmp_path, monkeypatch):
@@ -56,8 +57,9 @@ def test_outside_paths_and_odd_characters_are_escaped(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARKQ_ROOT", str(root))
     lines = _lines(render_unit(config.load(root=root), user=False))
     escaped = str(root).replace("%", "%%")
-    assert f'ExecStart="{escaped}/sparkq.sh" run' in lines
-    assert f'ReadWritePaths="{escaped}" -{tmp_path}/elsewhere' in lines
+    assert f'Environment="SPARKQ_ROOT={escaped}"' in lines
+    rw = next(line for line in lines if line.startswith("ReadWritePaths="))
+    assert rw.startswith(f'ReadWritePaths="{escaped}" -{tmp_path}/elsewhere '), rw
     assert "TimeoutStopSec=70" in lines
 
 

@@ -43,7 +43,7 @@ def test_warns_when_told_to_listen_everywhere(project):
     assert started.returncode == 0, started.stderr
     assert _listen_addresses(_pid(project)) == {"0.0.0.0"}
     server_log = (project.root / "sparkq" / "logs" / "server.log").read_text()
-    assert "server_exposed" in started.stderr and "0.0.0.0" in started.stderr, started.stderr
+    assert "server.host is 0.0.0.0" in started.stdout and "other machines" in started.stdout, started.stdout
     assert "WARNING: listening on 0.0.0.0" in server_log, server_log[-2000:]
     assert project.cli("stop").returncode == 0
     assert not listening(project.port)

@@ -76,7 +76,7 @@ def test_relative_paths_resolve_against_config_folder(project, tmp_path, monkeyp
     s = config.load()
     assert s.paths.db == other / "db/x.db"
     assert s.paths.backup_dir == other / "bk"
-    assert s.paths.pidfile.parent == project.root / "sparkq/data"
+    assert s.paths.pidfile == other / "db/x.pid"  # runtime files follow the database (issue 11.8)
 
 
 @pytest.mark.parametrize("raw", ["0", "-3", "abc", "1e9", "", "2.5", "\u00b2", "\u0663"])
