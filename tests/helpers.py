@@ -147,6 +147,7 @@ def base_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARKQ_", "NOTIFY_SOCKET", "PYTEST_"))}
     env["SPARKQ_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
+    env["TZ"] = "UTC"  # hand-built legacy names are UTC stamps; tests of local time set their own TZ
     return env
 
 
