@@ -295,6 +295,8 @@ def tree_state(path: Path) -> dict[str, str]:
         for name in dirs + files:
             p = base / name
             rel = p.relative_to(path).as_posix()
+            if name.endswith(".lock"):
+                continue  # lock files name their last holder: runtime state, not data
             if p.is_symlink():
                 out[rel] = "link:" + os.readlink(p)
             elif p.is_dir():
