@@ -111,6 +111,7 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
     db = settings.paths.db
     if not db.exists():
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
+    history.refuse_unusable_db(settings.paths)  # an emptied DB must not push good backups out
     if locked:
         return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged)
     with supervisor_lock(settings.paths.lockfile, shared=True):

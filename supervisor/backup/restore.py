@@ -138,7 +138,7 @@ def restore_backup(
                 result = _merge(settings, entry, tables, plan)
             else:
                 result = _place_all(settings, entry, scope, plan)
-            history.record_restore(paths, entry)  # retention spares the bundle restored from
+            history.record_restore(_paths_after(paths, plan.steps), entry)  # retention spares it
             return result
     except KeyboardInterrupt:
         # Waiting for the lock or writing the pre-restore bundle (placing files has its own
@@ -147,6 +147,15 @@ def restore_backup(
         log.get().info("restore_interrupted", backup=entry.name)
         raise Interrupted("restore interrupted; nothing was changed (a half-written pre-restore "
                           "bundle is removed); run it again when ready") from None
+
+
+def _paths_after(paths, steps):
+    """The paths the restored config uses: its database may live elsewhere (a full restore
+    places it where the restored sparkq.yml looks), and files kept beside it follow it."""
+    import dataclasses
+
+    db = next((s.link or s.target for s in steps if s.kind == "db"), None)
+    return dataclasses.replace(paths, db=db) if db is not None else paths
 
 
 def _remove_own_temps(backup_dir: Path) -> None:
