@@ -181,9 +181,9 @@ def seed_db(tmp_path_factory) -> Path:
 @lru_cache(maxsize=8)
 def _facts(db: Path) -> tuple[dict, dict]:
     from sparkq import storage
-    from supervisor.backup import catalog, exports
+    from supervisor.backup import dbfiles, exports
 
-    with catalog.open_backup_db(db) as conn:
+    with dbfiles.open_backup_db(db) as conn:
         return storage.counts(conn), exports.render_exports(conn)
 
 

@@ -122,8 +122,8 @@ def test_ctrl_c_at_the_prompt_is_a_cancel(ready):
 _HOLDER = """
 import sys
 from pathlib import Path
-from supervisor.locking import supervisor_lock
-with supervisor_lock(Path(sys.argv[1])):
+from supervisor.locking import file_lock
+with file_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -182,7 +182,7 @@ def test_a_lock_timeout_names_the_holder(ready, reaper):
     holder = _hold_lock(project, reaper)
     lock = project.root / "sparkq" / "data" / "sparkq.lock"
     with pytest.raises(locking.SparkqError, match=f"PID {holder.pid} \\(.*\\) has held .* for over 0s"):
-        with locking.supervisor_lock(lock, wait=0.3):
+        with locking.file_lock(lock, wait=0.3):
             pass
     holder.stdin.close()
     wait_until(lambda: holder.poll() is not None, what="the holder to exit")
