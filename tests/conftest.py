@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from helpers import Project, Reaper, base_env, free_port
@@ -7,6 +9,16 @@ from helpers import Project, Reaper, base_env, free_port
 
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true", help="run the long fault suite (more iterations)")
+
+
+@pytest.fixture(scope="session")
+def seed_db(tmp_path_factory) -> Path:
+    """A set-up, checkpointed SparkQ database (33 prompts, ...) to copy into backups."""
+    from sparkq import storage
+
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
+    storage.setup_database(path)
+    return path
 
 
 @pytest.fixture

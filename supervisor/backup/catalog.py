@@ -1,6 +1,7 @@
-"""Find, order, resolve and read the backups in the backup dir, whatever format wrote them.
+"""The catalog: every backup in the backup dir as an Entry, in one order, and resolving a ref.
 
-Shapes read (none of them may crash a listing):
+The names and formats are specified in layout.py; manifests are read and checked in manifest.py;
+backup-list and backup-show render entries in listing.py. Shapes read (none may crash a listing):
 - bundles `sparkq_YYYYMMDD_HHMMSS[_N]/` with `manifest.json` ("2.0": `files` a list, `config_file`,
   `checksums`; older "2.1": `files` an object of lists, `configuration_files`, a `sparkq.db-wal`);
 - bundles whose manifest is missing, unreadable, too big or of the wrong shape: listed with

@@ -21,7 +21,7 @@ from supervisor.backup import catalog, dbfiles, listing
 from supervisor.errors import BackupNotFound, UsageError, VerificationFailed
 
 from helpers import BUNDLE_SECRET as SECRET
-from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, seed_db, stamp  # noqa: F401
+from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, stamp
 
 
 # --- helpers --------------------------------------------------------------------------------
