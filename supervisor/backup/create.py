@@ -1,4 +1,5 @@
-"""Take a backup bundle: online snapshot, exports, manifest, atomic publish, then retention.
+"""Assemble a backup bundle: snapshot (snapshot.py), config copies, exports, manifest, publish
+(publish.py), then retention (retention.py). What a bundle holds is specified in layout.py.
 
 A bundle is built in a hidden `.tmp-<name>-<pid>` folder inside the backup dir, every file and
 folder fsynced, then renamed into place under a name no other bundle has, so a bundle exists

@@ -20,7 +20,7 @@ from .layout import DB_NAME, MANIFEST, MANIFEST_LIMIT
 
 # The manifest keys a listing shows; the listing cache keeps only these.
 LISTED = ("backup_version", "created_at", "integrity_check", "trigger", "config_file",
-           "configuration_files", "counts", "database")
+          "configuration_files", "counts", "database")
 
 
 class ListingCache:
