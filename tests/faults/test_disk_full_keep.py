@@ -28,11 +28,6 @@ def _bundles(backup_dir: Path) -> list[str]:
     return sorted(n for n in os.listdir(backup_dir) if n.startswith("sparkq_2"))
 
 
-def _backups_state(backup_dir: Path) -> dict[str, str]:
-    """Every entry but the retention lock, whose content only names its last holder (locking.py)."""
-    return {k: v for k, v in tree_state(backup_dir).items() if k != ".retention.lock"}
-
-
 def test_lowering_keep_frees_room_for_the_next_backup(project, small_fs):
     backup_dir = small_fs / "backups"
     assert project.cli("setup").returncode == 0
@@ -47,14 +42,14 @@ def test_lowering_keep_frees_room_for_the_next_backup(project, small_fs):
     assert failed is not None, "the 8 MB tmpfs never filled up"
     line = one_line_error(failed, codes={1})
     assert "disk full" in line and "df -h" in line and "SPARKQ_BACKUP_KEEP=2 ./sparkq.sh backup" in line, line
-    full = _backups_state(backup_dir)
+    full = tree_state(backup_dir)
     before = _bundles(backup_dir)
     assert 2 < len(before) <= 7
 
     # A start says the same, and changes nothing.
     start = project.cli("start")
     assert "SPARKQ_BACKUP_KEEP" in one_line_error(start, codes={1})
-    assert _backups_state(backup_dir) == full
+    assert tree_state(backup_dir) == full
 
     # Following the advice works: the old bundles past 2 go first, then the new one is written.
     proc = project.cli("backup", env={"SPARKQ_BACKUP_KEEP": "2"})
