@@ -122,7 +122,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     legacy = entry.format == "legacy"
     yml = None
     if scope in ("full", "config", "yml"):
-        yml = entry.legacy_yml if legacy else entry.member(YML_NAME)
+        yml = entry.member(YML_NAME)
         if yml is None and (scope == "yml" or (scope == "config" and legacy)):
             if legacy:
                 raise UsageError(f"legacy backup {entry.name} has no sparkq.yml; use --db-only")
@@ -140,7 +140,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     if yml is not None:
         steps.append(_step("yml", yml, paths.config_file, 0o644))
     if scope in ("full", "config", "env"):
-        env = None if legacy else entry.member(ENV_NAME)
+        env = entry.member(ENV_NAME)  # a legacy backup's loose .env beside it counts too
         if env is not None:
             step = _step("env", env, paths.env_file, 0o600)
             step.mode = 0o600  # it holds secrets, whatever mode the current one has

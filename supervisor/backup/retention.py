@@ -105,10 +105,9 @@ def _delete(entry, backup_dir: Path) -> None:
         os.rename(path, hidden)
         shutil.rmtree(hidden)
         return
-    for extra in (entry.legacy_yml, *(sidecar(path, s) for s in (WAL, SHM, JOURNAL))):
-        if extra is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(extra)
+    for extra in (*entry.legacy_siblings, *(sidecar(path, s) for s in (WAL, SHM, JOURNAL))):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(extra)
     os.unlink(path)
 
 
