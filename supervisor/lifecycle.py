@@ -18,7 +18,7 @@ from . import log, process
 from .errors import SparkqError, StartFailed, UsageError
 from .fmt import human_size
 from .interrupts import sigterm_unwinds
-from .locking import supervisor_lock
+from .locking import file_lock
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -123,12 +123,12 @@ class StatusResult:
 
 
 def start(settings, *, skip_backup: bool = False) -> StartResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         return _start_locked(settings, trigger="start", skip_backup=skip_backup)
 
 
 def restart(settings, *, skip_backup: bool = False) -> StartResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         info, _ = process.identify(settings.paths)
         if info is not None and info.mode == "run" and _alive(info.supervisor_pid):
             raise SparkqError(
@@ -280,7 +280,7 @@ def _discard(settings, spawned: process.Spawned) -> None:
 
 
 def stop(settings) -> StopResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         return _stop_locked(settings)
 
 
@@ -402,7 +402,7 @@ def run(settings, *, skip_backup: bool = False) -> int:
     forwarder = _Forwarder(notifier, float(settings.get("server.stop_timeout")))
     # The lock covers backup, spawn and readiness only: once the server is healthy, `status` and
     # `stop` from another shell must work while this process keeps running.
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         spawned, info = _run_start_locked(settings, notifier, forwarder, skip_backup)
     try:
         if info is not None:

@@ -34,13 +34,8 @@ from pathlib import Path
 
 from .. import log
 from ..fsutil import atomic_write_bytes, sha256_file
+from .layout import CONFIG_MEMBERS, DB_NAME, PRE_RESTORE_PREFIX, PROJECT_KEY, TEMPLATES_MEMBER, WAL, sidecar
 
-PRE_RESTORE_PREFIX = "sparkq_preRestore"
-MANIFEST_KEY = "project_id"
-DB_NAME = "sparkq.db"
-# The bundle members copied from files (the rest is the database and exports read from it).
-CONFIG_NAMES = ("sparkq.yml", ".env")
-TEMPLATES_PREFIX = "setup_templates/"
 # Room beside the snapshot for the exports (small tables only) and the manifest.
 _SLACK = 1 << 20
 
@@ -132,7 +127,7 @@ def _read_id(path: Path) -> str | None:
 
 def owner(entry) -> str | None:
     """The project id a backup was taken by; None when it carries no mark."""
-    value = (entry.manifest or {}).get(MANIFEST_KEY)
+    value = (entry.manifest or {}).get(PROJECT_KEY)
     return value if isinstance(value, str) and value else None
 
 
@@ -295,7 +290,7 @@ def check_unchanged(base, snapshot: Path, members: dict[str, Path]) -> str:
     worker.join()
     if snap != sums[DB_NAME] or box.get("base") != snap:
         return snap
-    kept = {k for k in sums if k in CONFIG_NAMES or k.startswith(TEMPLATES_PREFIX)}
+    kept = {k for k in sums if k in CONFIG_MEMBERS or k.startswith(TEMPLATES_MEMBER + "/")}
     if set(members) != kept:
         return snap
     for rel, src in members.items():
@@ -332,7 +327,7 @@ def room_needed(paths, members: dict[str, Path]) -> int:
     """A generous estimate of a new bundle's size: the database (and its WAL), the config files,
     and slack for the exports and manifest."""
     total = _SLACK
-    for p in (paths.db, paths.db.with_name(paths.db.name + "-wal"), *members.values()):
+    for p in (paths.db, sidecar(paths.db, WAL), *members.values()):
         try:
             total += os.stat(p).st_size
         except OSError:

@@ -27,7 +27,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+
+from .layout import readonly_uri
 
 RULE = (
     "a backup row with the same primary key as a live row updates it; a row with a new key is "
@@ -62,7 +63,7 @@ def merge_tables(live_db: Path, source_db: Path, tables: list[str]) -> dict[str,
     try:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("ATTACH DATABASE ? AS bk", (_ro_uri(source_db),))
+        conn.execute("ATTACH DATABASE ? AS bk", (readonly_uri(source_db),))
         merged: dict[str, TableMerge] = {}
         with storage.transaction(conn):
             conn.execute("PRAGMA defer_foreign_keys=ON")  # checked once, at COMMIT
@@ -174,8 +175,3 @@ def _reason(conn, table: str, exc: sqlite3.IntegrityError, values: dict, pk: lis
                              [values[c] for c in cols]).fetchone()
         holder = ", ".join(str(v) for v in found) if found else None
     return f"{shown} is taken by live row {holder}" if holder else f"{shown} is already taken"
-
-
-def _ro_uri(path: Path) -> str:
-    """Read-only, no locks, no -wal/-shm created: only for files nobody else writes."""
-    return f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1"

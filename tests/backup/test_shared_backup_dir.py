@@ -8,7 +8,7 @@ import json
 import shutil
 from datetime import timedelta
 
-from helpers import T0, Project, base_env, free_port, make_bundle, seed_db, stamp  # noqa: F401
+from helpers import T0, Project, base_env, free_port, make_bundle, stamp
 
 
 def _pair(project, tmp_path, reaper):

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from datetime import timedelta
 
-from helpers import T0, make_bundle, seed_db, stamp, tree_state  # noqa: F401 - seed_db is a fixture
+from helpers import T0, make_bundle, stamp, tree_state
 
 
 def _regular(project) -> list[str]:

@@ -10,7 +10,7 @@ from datetime import timedelta
 
 import pytest
 
-from helpers import T0, live_state, make_bundle, one_line_error, seed_db, stamp  # noqa: F401
+from helpers import T0, live_state, make_bundle, one_line_error, stamp
 
 
 def _empty(db):
