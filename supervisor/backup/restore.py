@@ -35,6 +35,7 @@ from ..interrupts import sigterm_unwinds
 from .catalog import resolve
 from . import history
 from .create import unshare_pre_restore
+from .staging import StagedCopy
 from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
 from .restore_plan import (  # noqa: F401 - MERGE_TABLES is part of this module's surface
     MERGE_TABLES, PRE_RESTORE_PREFIX, SCOPES, TEMPLATES_MEMBER, Plan, Step, build_plan, check_tables,
@@ -156,7 +157,8 @@ def restore_backup(
 
 class _Phases:
     """Wall seconds per restore phase. `lock` holds everything done under the supervisor lock;
-    `pre_restore` and `place` are parts of it. The benchmark reads them from `sparkq -v`."""
+    `pre_restore` and `place` are parts of it; `copy` and `fsync` (of the restored DB) run beside
+    `pre_restore` (staging.py). The benchmark reads them from `sparkq -v`."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -346,8 +348,14 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
     paths = settings.paths
     steps = plan.steps
     live_db = real(paths.db)
-    with phases("pre_restore"):
-        pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
+    staged = _stage_db(steps)  # copies while the pre-restore bundle is written; placed after it
+    try:
+        with phases("pre_restore"):
+            pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
     if how == "copy" and plan.pre_restore_db == "hard link":
         notes.append("the current database was copied into the pre-restore bundle, not hard-linked "
                      "(linking was refused there)")
@@ -358,9 +366,11 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
             for step in steps:
                 where = step.target
                 with phases("place"):
-                    _place(step)
+                    _place(step, staged)
                 placed.append(step)
     except BaseException as exc:  # Ctrl-C (and SIGTERM, see the CLI) roll back too
+        if staged is not None:
+            staged.discard()
         _roll_back(placed, pre_path, live_db)
         unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
         if not isinstance(exc, Exception):
@@ -374,6 +384,8 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
             f"restore failed placing {where} ({exc}); what was already placed is back as it was "
             f"(the previous state is also in {pre_path.name}); check free space and permissions, then retry"
         ) from exc
+    if staged is not None:
+        phases.seconds.update(staged.seconds)  # ran beside pre_restore, not after it
     restored = [{"source": label(s), "target": str(s.target)} for s in steps]
     # A database placed where the restored config looks left the old one untouched: undoing is
     # putting the config files back.
@@ -386,7 +398,15 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
                          pre_restore_db=how, notes=plan.notes + notes)
 
 
-def _place(step: Step) -> None:
+def _stage_db(steps: list[Step]) -> StagedCopy | None:
+    """Start copying the restored DB beside its target (a 2.1 bundle's DB + WAL is folded later)."""
+    for step in steps:
+        if step.kind == "db" and (step.wal is None or step.wal.stat().st_size == 0):
+            return StagedCopy(step.source, step.target, step.mode).start()
+    return None
+
+
+def _place(step: Step, staged: StagedCopy | None = None) -> None:
     target = step.target
     target.parent.mkdir(parents=True, exist_ok=True)
     if step.kind == "db":
@@ -394,7 +414,9 @@ def _place(step: Step) -> None:
         # removing it before the rename loses nothing, and a crash in between leaves the old DB whole.
         for suffix in ("-wal", "-shm", "-journal"):
             sidecar(target, suffix).unlink(missing_ok=True)
-        if step.wal is not None and step.wal.stat().st_size > 0:
+        if staged is not None and staged.target == target:
+            staged.place()
+        elif step.wal is not None and step.wal.stat().st_size > 0:
             _place_folded(step.source, step.wal, target, step.mode)
         else:
             atomic_copy(step.source, target, mode=step.mode)
