@@ -19,7 +19,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from writer import percentile  # noqa: E402 - run as a script from bench/
+from writer import write_summary  # run as a script: bench/ is on sys.path
 
 
 def main(url: str, db: str, out: str) -> int:
@@ -69,19 +69,7 @@ def main(url: str, db: str, out: str) -> int:
             pass
     elapsed = clock() - started
     conn.close()
-    ms = sorted(v * 1000 for v in latencies)
-    summary = {
-        "requests": len(ms),
-        "failed": failed,
-        "errors": errors,
-        "seconds": elapsed,
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": ms[-1] if ms else float("nan"),
-        "wal_peak_bytes": wal_peak,
-    }
-    with open(out, "w") as fh:
-        json.dump(summary, fh)
+    write_summary(out, latencies, failed, errors, elapsed, count_key="requests", wal_peak_bytes=wal_peak)
     return 0
 
 

@@ -4,8 +4,8 @@ The order matters, and every step before the pre-restore bundle can stop the who
 nothing touched: refuse while the database is in use -> resolve the backup and check the scope
 against it -> verify what the scope restores -> show the plan and ask -> take the supervisor lock
 and check that nothing changed since the plan was shown -> save the current state as a
-`sparkq_preRestore_*` bundle -> place each file by temp copy + fsync + rename (database first,
-then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
+`sparkq_preRestore_*` bundle (the database's temp copy is written meanwhile, staging.py) ->
+place each file by temp copy + fsync + rename (database first, then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
 failure or Ctrl-C while placing puts back what was already placed. `--tables` instead merges
 rows of the backup's configuration tables into the live database (merge.py).
 

@@ -7,11 +7,8 @@ number of frames in the WAL, `nBackfill` how many of them have been copied into 
 from __future__ import annotations
 
 import os
-import signal
 import sqlite3
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -93,23 +90,6 @@ def test_request_commits_never_checkpoint_and_the_thread_folds_their_frames(tmp_
     assert wal_bytes(path) == 0 and not Path(f"{path}-wal").exists()
 
 
-def _serve(project: Project) -> subprocess.Popen:
-    log = project.root / "server.err"
-    with open(log, "w") as err:
-        proc = project.popen(sys.executable, "-P", "-m", "sparkq", "--port", str(project.port),
-                             "--db", str(project.db), stdout=subprocess.DEVNULL, stderr=err)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{project.url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=30, what="GET /health")
-    return proc
-
-
 class Writer(threading.Thread):
     """One HTTP client writing config values one request at a time, timing each request."""
 
@@ -134,7 +114,8 @@ class Writer(threading.Thread):
 
 def test_under_a_writer_the_wal_stays_bounded_grows_only_while_pinned_and_shutdown_removes_it(
         project: Project):
-    proc = _serve(project)
+    started = project.cli("start")  # the real server, as users run it
+    assert started.returncode == 0, started.stderr
     shm = WalIndex(project.db)
     writer = Writer(project.url)
     writer.start()
@@ -168,8 +149,8 @@ def test_under_a_writer_the_wal_stays_bounded_grows_only_while_pinned_and_shutdo
 
     # 3. Idle: the WAL file is truncated without any request; shutdown leaves no -wal at all.
     wait_until(lambda: wal_bytes(project.db) == 0, timeout=30, what="the idle WAL to be truncated")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    stopped = project.cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
     assert not Path(f"{project.db}-wal").exists()
     with sqlite3.connect(str(project.db)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
