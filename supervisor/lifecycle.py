@@ -172,7 +172,7 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
                 raise
         except BaseException:
             if backup_text:  # the backup was taken (or found unchanged) all the same: say so
-                print(backup_text, file=sys.stderr)
+                print(backup_text)  # stdout, as on success: stderr keeps the one-line error
             raise
         backup_text = _prune_after_healthy(settings, backup) or backup_text
     log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)

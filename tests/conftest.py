@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from helpers import Project, Reaper, base_env, free_port
+
+
+# Legacy backups are named in local time: the in-process catalog reads hand-built UTC stamps as
+# the helpers' subprocesses do (base_env sets TZ=UTC), whatever zone the machine is in.
+os.environ["TZ"] = "UTC"
+time.tzset()
 
 
 def pytest_addoption(parser):

@@ -147,6 +147,7 @@ def base_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARKQ_", "NOTIFY_SOCKET", "PYTEST_"))}
     env["SPARKQ_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
+    env["TZ"] = "UTC"  # hand-built legacy names are UTC stamps; tests of local time set their own TZ
     return env
 
 
@@ -294,6 +295,8 @@ def tree_state(path: Path) -> dict[str, str]:
         for name in dirs + files:
             p = base / name
             rel = p.relative_to(path).as_posix()
+            if name.endswith(".lock"):
+                continue  # lock files name their last holder: runtime state, not data
             if p.is_symlink():
                 out[rel] = "link:" + os.readlink(p)
             elif p.is_dir():

@@ -8,7 +8,11 @@ the row in the way), inside a savepoint, so a clash undoes that one row and noth
 - a backup row with a primary key the live table lacks is added;
 - a backup row that clashes with a *different* live row on another unique column
   (`prompts.command`, `agent_roles.key`, ...) or breaks another constraint is skipped and listed;
-  the live row stays as it is.
+  the live row stays as it is;
+- a backup row whose id cannot be a live id (a text id such as `rol_...` from one of our older
+  databases, where the live table numbers its rows as the original SparkQ does) is matched by
+  the table's other unique key instead: it updates the live row with that key, or is added
+  under a new number.
 
 Constraints are read from the live schema, not listed here, so a table or unique index added
 later follows the same rule. All tables go in one transaction (`storage.transaction`); foreign
@@ -26,6 +30,7 @@ RULE = (
     "a backup row with the same primary key as a live row updates it; a row with a new key is "
     "added; a row that clashes with a different live row on another unique column "
     "(e.g. prompts.command, agent_roles.key) is skipped and listed, and the live row is kept; "
+    "a row whose id does not fit the live table's numbered ids is matched by its other unique key; "
     "no live row is ever deleted"
 )
 SHOWN_SKIPS = 5  # skipped rows listed per table in the text output (JSON lists them all)
@@ -76,23 +81,30 @@ def _merge_table(conn: sqlite3.Connection, table: str) -> TableMerge:
         pk = []  # the backup lacks a key column: its rows can only be added
     quoted = ", ".join(f'"{c}"' for c in cols)
     result = TableMerge()
+    numbered = _numbered_key(live, pk)
     for row in conn.execute(f'SELECT {quoted} FROM bk."{table}"').fetchall():
         result.rows += 1
         values = dict(zip(cols, row))
         key = {c: values[c] for c in pk} if pk else values
-        exists = bool(pk) and conn.execute(
-            f'SELECT 1 FROM main."{table}" WHERE {_match(pk)}', [values[c] for c in pk]).fetchone()
+        where, match = _match(pk), [values[c] for c in pk]
+        if numbered and not isinstance(values[pk[0]], int):
+            where, match = _by_other_key(conn, table, values)
+        exists = bool(where) and conn.execute(f'SELECT 1 FROM main."{table}" WHERE {where}', match).fetchone()
         conn.execute("SAVEPOINT merge_row")
         try:
             if exists:
                 others = [c for c in cols if c not in pk]
                 if others:
                     sets = ", ".join(f'"{c}" = ?' for c in others)
-                    conn.execute(f'UPDATE OR ABORT main."{table}" SET {sets} WHERE {_match(pk)}',
-                                 [values[c] for c in others] + [values[c] for c in pk])
+                    conn.execute(f'UPDATE OR ABORT main."{table}" SET {sets} WHERE {where}',
+                                 [values[c] for c in others] + match)
             else:
-                marks = ", ".join("?" for _ in cols)
-                conn.execute(f'INSERT OR ABORT INTO main."{table}" ({quoted}) VALUES ({marks})', row)
+                # A row from the other id scheme gets a number from the live table.
+                put = [c for c in cols if not (numbered and c in pk and not isinstance(values[c], int))]
+                names = ", ".join(f'"{c}"' for c in put)
+                marks = ", ".join("?" for _ in put)
+                conn.execute(f'INSERT OR ABORT INTO main."{table}" ({names}) VALUES ({marks})',
+                             [values[c] for c in put])
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK TO merge_row")
             conn.execute("RELEASE merge_row")
@@ -103,6 +115,23 @@ def _merge_table(conn: sqlite3.Connection, table: str) -> TableMerge:
         result.written += 1
         result.added += 0 if exists else 1
     return result
+
+
+def _numbered_key(live_info: list, pk: list[str]) -> bool:
+    """The live table numbers its rows: one INTEGER PRIMARY KEY column (SQLite's rowid)."""
+    return len(pk) == 1 and any(r[1] == pk[0] and r[2].upper() == "INTEGER" for r in live_info)
+
+
+def _by_other_key(conn, table: str, values: dict) -> tuple[str, list]:
+    """A WHERE clause matching `values` on the first other unique key the live table has (all
+    its columns present in the backup row); ('', []) when there is none."""
+    for _seq, index, unique, origin, *_ in conn.execute(f'PRAGMA main.index_list("{table}")').fetchall():
+        if not unique or origin == "pk":
+            continue
+        cols = [r[2] for r in conn.execute(f'PRAGMA main.index_info("{index}")')]
+        if cols and None not in cols and all(c in values for c in cols):
+            return _match(cols), [values[c] for c in cols]
+    return "", []
 
 
 def _match(cols: list[str]) -> str:

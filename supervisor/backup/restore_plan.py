@@ -123,7 +123,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     legacy = entry.format == "legacy"
     yml = None
     if scope in ("full", "config", "yml"):
-        yml = entry.legacy_yml if legacy else entry.member("sparkq.yml")
+        yml = entry.member("sparkq.yml")
         if yml is None and (scope == "yml" or (scope == "config" and legacy)):
             if legacy:
                 raise UsageError(f"legacy backup {entry.name} has no sparkq.yml; use --db-only")
@@ -141,7 +141,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     if yml is not None:
         steps.append(_step("yml", yml, paths.config_file, 0o644))
     if scope in ("full", "config", "env"):
-        env = None if legacy else entry.member(".env")
+        env = entry.member(".env")  # a legacy backup's loose .env beside it counts too
         if env is not None:
             step = _step("env", env, paths.env_file, 0o600)
             step.mode = 0o600  # it holds secrets, whatever mode the current one has

@@ -107,10 +107,9 @@ def _delete(entry, backup_dir: Path) -> None:
         os.rename(path, hidden)
         shutil.rmtree(hidden)
         return
-    for extra in (entry.legacy_yml, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-        if extra is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(extra)
+    for extra in (*entry.legacy_siblings, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(extra)
     os.unlink(path)
 
 

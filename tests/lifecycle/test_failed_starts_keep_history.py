@@ -40,7 +40,7 @@ def test_failed_starts_and_runs_keep_every_old_bundle(project, fake, seed_db):
     for command in ["start"] * 7 + ["run"] * 7:
         proc = project.cli(command)
         assert proc.returncode != 0, proc.stdout + proc.stderr
-        outputs.append(proc.stderr)
+        outputs.append(proc.stdout + proc.stderr)  # start says it on stdout, run on stderr
     for name, state in old.items():
         assert tree_state(project.backup_dir / name) == state, f"{name} changed or was pruned"
     new = sorted(set(_regular(project)) - set(old))
