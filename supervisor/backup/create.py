@@ -285,13 +285,17 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     # GIL), the snapshot's fsync (disk), and here the exports and small copies.
     integrity: dict[str, Any] = {}
     workers = []
+    # A pre-restore bundle is made with the server stopped: there is no one to yield the CPU to,
+    # and on a busy machine a lowered priority made that step of a restore several times slower.
+    polite = {"polite": trigger != "pre-restore"}
     if has_db:
         workers = [
-            threading.Thread(target=_into, args=(integrity, "check", _integrity, db), daemon=True),
-            threading.Thread(target=_into, args=(integrity, "sync", _fsync_snapshot, db), daemon=True),
+            threading.Thread(target=_into, args=(integrity, "check", _integrity, db), kwargs=polite, daemon=True),
+            threading.Thread(target=_into, args=(integrity, "sync", _fsync_snapshot, db), kwargs=polite, daemon=True),
         ]
         if snapshot_sha is None:
-            workers.append(threading.Thread(target=_into, args=(integrity, "sha", sha256_file, db), daemon=True))
+            workers.append(threading.Thread(target=_into, args=(integrity, "sha", sha256_file, db), kwargs=polite,
+                                            daemon=True))
         else:
             integrity["sha"] = snapshot_sha
         for w in workers:
@@ -339,8 +343,9 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     return manifest
 
 
-def _into(box: dict, key: str, fn, *args) -> None:
-    _yield_cpu()
+def _into(box: dict, key: str, fn, *args, polite: bool = True) -> None:
+    if polite:
+        _yield_cpu()
     try:
         box[key] = fn(*args)
     except BaseException as exc:  # handed back to the main thread
