@@ -167,7 +167,7 @@ def _disk(work: Path) -> dict:
 
 
 def machine_text(info: dict) -> str:
-    return (f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB RAM, "
+    return (f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['memory_gib']} GiB RAM, Linux {info['kernel']}, "
             f"disk {info['disk_device']} {info['disk_fs']} ({info['disk_kind']}, {info['disk_free_gib']} GiB free), "
             f"Python {info['python']} ({sys.executable}), SQLite library {info['sqlite_library']}, "
             f"sqlite3 CLI {info['sqlite_cli']}, load average at start {info['loadavg_start']}")

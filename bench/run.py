@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["seconds"] = round(time.perf_counter() - started, 1)
     table = report.markdown()
     print(f"\nload average at end {machine['loadavg_end']}; took {machine['seconds']} s\n")
+    print(machine_text(machine) + "\n")
     print(table)
     if args.json:
         report.write_json(args.json)

@@ -28,6 +28,24 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[rank - 1]
 
 
+def write_summary(out: str, latencies: list[float], failed: int, errors: dict[str, int], elapsed: float, *,
+                  count_key: str, **extra) -> None:
+    """Write the latency summary (milliseconds) the benchmark reads back from OUT.json."""
+    ms = sorted(v * 1000 for v in latencies)
+    summary = {
+        count_key: len(ms),
+        "failed": failed,
+        "errors": errors,
+        "seconds": elapsed,
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "max_ms": ms[-1] if ms else float("nan"),
+        **extra,
+    }
+    with open(out, "w") as fh:
+        json.dump(summary, fh)
+
+
 def main(db: str, out: str) -> int:
     from sparkq.storage import connect
 
@@ -59,19 +77,7 @@ def main(db: str, out: str) -> int:
         latencies.append(clock() - t0)
     elapsed = time.perf_counter() - started
     conn.close()
-    latencies.sort()
-    ms = [v * 1000 for v in latencies]
-    summary = {
-        "commits": len(ms),
-        "failed": failed,
-        "errors": errors,
-        "seconds": elapsed,
-        "p50_ms": percentile(ms, 50),
-        "p99_ms": percentile(ms, 99),
-        "max_ms": ms[-1] if ms else float("nan"),
-    }
-    with open(out, "w") as fh:
-        json.dump(summary, fh)
+    write_summary(out, latencies, failed, errors, elapsed, count_key="commits")
     return 0
 
 

@@ -1,7 +1,8 @@
 """HTTP API of the SparkQ server (FastAPI).
 
 One SQLite connection serves every request; a lock serialises the worker threads on it and every
-write runs in its own `BEGIN IMMEDIATE` transaction. Endpoints are plain `def`, so they run in the
+write runs in its own `BEGIN IMMEDIATE` transaction. That connection never checkpoints the WAL:
+a background thread does (sparkq/checkpointer.py). Endpoints are plain `def`, so they run in the
 thread pool and never block the event loop. On shutdown (after uvicorn has let in-flight requests
 finish) the WAL is checkpointed and the connection closed, leaving one self-contained file.
 
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from . import __version__, storage
+from .checkpointer import Checkpointer
 
 _MAX_INT = 2**31 - 1  # SQLite stores up to 2**63 - 1; a timeout beyond 68 years is a typo
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
@@ -46,19 +48,30 @@ class Database:
         self._conn: Optional[sqlite3.Connection] = None
         self._lock = threading.Lock()
         self.integer_keys: frozenset[str] = frozenset()  # tables whose ids SQLite numbers
+        self.checkpointer = Checkpointer(path, self.held)
 
     def open(self) -> None:
         with self._lock:
             if self._conn is None:
                 self._conn = storage.connect(self.path, timeout=5.0)
+                # A commit must never copy the WAL back itself; the checkpointer thread does.
+                self._conn.execute("PRAGMA wal_autocheckpoint=0")
                 tables = (*storage.ID_PREFIXES, "audit_log")
                 self.integer_keys = frozenset(t for t in tables if storage.integer_key(self._conn, t))
+        self.checkpointer.start()
 
     def close(self) -> None:
+        self.checkpointer.stop()  # first, so the final TRUNCATE below is the last word
         with self._lock:  # waits for a request still holding the connection
             if self._conn is not None:
                 storage.checkpoint_and_close(self._conn)
                 self._conn = None
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """The request lock alone: no request uses the connection while it is held."""
+        with self._lock:
+            yield
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from . import log, process
-from .errors import SparkqError, StartFailed, UsageError
+from .errors import SparkqError, StartFailed
 from .fmt import human_size
 from .interrupts import sigterm_unwinds
 from .locking import file_lock

@@ -264,13 +264,19 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     # GIL), the snapshot's fsync (disk), and here the exports and small copies.
     integrity: dict[str, Any] = {}
     workers = []
+    # A pre-restore bundle is made with the server stopped: there is no one to yield the CPU to,
+    # and on a busy machine a lowered priority made that step of a restore several times slower.
+    polite = {"polite": trigger != "pre-restore"}
     if has_db:
         workers = [
-            threading.Thread(target=snapshot.into, args=(integrity, "check", snapshot.integrity, db), daemon=True),
-            threading.Thread(target=snapshot.into, args=(integrity, "sync", snapshot.sync, db), daemon=True),
+            threading.Thread(target=snapshot.into, args=(integrity, "check", snapshot.integrity, db), kwargs=polite,
+                             daemon=True),
+            threading.Thread(target=snapshot.into, args=(integrity, "sync", snapshot.sync, db), kwargs=polite,
+                             daemon=True),
         ]
         if snapshot_sha is None:
-            workers.append(threading.Thread(target=snapshot.into, args=(integrity, "sha", sha256_file, db), daemon=True))
+            workers.append(threading.Thread(target=snapshot.into, args=(integrity, "sha", sha256_file, db),
+                                            kwargs=polite, daemon=True))
         else:
             integrity["sha"] = snapshot_sha
         for w in workers:

@@ -4,8 +4,8 @@ The order matters, and every step before the pre-restore bundle can stop the who
 nothing touched: refuse while the database is in use -> resolve the backup and check the scope
 against it -> verify what the scope restores -> show the plan and ask -> take the supervisor lock
 and check that nothing changed since the plan was shown -> save the current state as a
-`sparkq_preRestore_*` bundle -> place each file by temp copy + fsync + rename (database first,
-then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
+`sparkq_preRestore_*` bundle (the database's temp copy is written meanwhile, staging.py) ->
+place each file by temp copy + fsync + rename (database first, then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
 failure or Ctrl-C while placing puts back what was already placed. `--tables` instead merges
 rows of the backup's configuration tables into the live database (merge.py).
 
@@ -21,6 +21,8 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +36,7 @@ from .catalog import resolve
 from .dbfiles import checkpoint, db_holder, fold_copy
 from .history import unshare_pre_restore
 from .layout import DB_NAME, ENV_NAME, JOURNAL, PRE_RESTORE_PREFIX, SHM, TEMPLATES_MEMBER, WAL, YML_NAME, sidecar
+from .staging import StagedCopy
 from .restore_plan import (  # noqa: F401 - MERGE_TABLES is part of this module's surface
     MERGE_TABLES, SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real,
 )
@@ -110,16 +113,18 @@ def restore_backup(
     if tables is not None:
         tables = check_tables(tables)
     paths = settings.paths
+    phases = _Phases()
     try:
         _unshare_first(settings)
-        entry, plan = _prepare(settings, ref, scope, tables)  # verifying a large backup takes a while
+        with phases("verify"):
+            entry, plan = _prepare(settings, ref, scope, tables)  # verifying a large backup takes a while
         answer = confirm(plan)
     except KeyboardInterrupt:
         raise Interrupted("restore interrupted before anything was changed") from None
     if not answer:
         raise SparkqError("restore cancelled; nothing changed")
     try:
-        with file_lock(paths.lockfile):
+        with phases("lock"), file_lock(paths.lockfile):
             # The answer may have come minutes later: what the plan showed must still be so.
             _refuse_if_in_use(paths, plan.steps)
             if fingerprint(entry, plan.steps, paths) != plan.fingerprint:
@@ -131,9 +136,10 @@ def restore_backup(
             if tables:
                 result = _merge(settings, entry, tables, plan)
             else:
-                result = _place_all(settings, entry, scope, plan)
+                result = _place_all(settings, entry, scope, plan, phases)
             history.record_restore(_paths_after(paths, plan.steps), entry)  # retention spares it
-            return result
+        log.get().info("restore_phases", **phases.seconds)  # `-v` shows where the time went
+        return result
     except KeyboardInterrupt:
         # Waiting for the lock or writing the pre-restore bundle (placing files has its own
         # roll-back and message): say so in one line, not a trace.
@@ -150,6 +156,23 @@ def _paths_after(paths, steps):
 
     db = next((s.link or s.target for s in steps if s.kind == "db"), None)
     return dataclasses.replace(paths, db=db) if db is not None else paths
+
+
+class _Phases:
+    """Wall seconds per restore phase. `lock` holds everything done under the supervisor lock;
+    `pre_restore` and `place` are parts of it; `copy` and `fsync` (of the restored DB) run beside
+    `pre_restore` (staging.py). The benchmark reads them from `sparkq -v`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def _remove_own_temps(backup_dir: Path) -> None:
@@ -254,11 +277,18 @@ def _how_kept(live: Path, kept: Path, link: bool) -> str:
 # --- step 6: placing files --------------------------------------------------------------------
 
 
-def _place_all(settings, entry, scope: str, plan: Plan) -> RestoreResult:
+def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> RestoreResult:
     paths = settings.paths
     steps = plan.steps
     live_db = real(paths.db)
-    pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
+    staged = _stage_db(steps)  # copies while the pre-restore bundle is written; placed after it
+    try:
+        with phases("pre_restore"):
+            pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
+    except BaseException:
+        if staged is not None:
+            staged.discard()
+        raise
     if how == "copy" and plan.pre_restore_db == "hard link":
         notes.append("the current database was copied into the pre-restore bundle, not hard-linked "
                      "(linking was refused there)")
@@ -268,9 +298,12 @@ def _place_all(settings, entry, scope: str, plan: Plan) -> RestoreResult:
         with sigterm_unwinds():
             for step in steps:
                 where = step.target
-                _place(step)
+                with phases("place"):
+                    _place(step, staged)
                 placed.append(step)
     except BaseException as exc:  # Ctrl-C (and SIGTERM, see the CLI) roll back too
+        if staged is not None:
+            staged.discard()
         _roll_back(placed, pre_path, live_db)
         unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
         if not isinstance(exc, Exception):
@@ -284,6 +317,8 @@ def _place_all(settings, entry, scope: str, plan: Plan) -> RestoreResult:
             f"restore failed placing {where} ({exc}); what was already placed is back as it was "
             f"(the previous state is also in {pre_path.name}); check free space and permissions, then retry"
         ) from exc
+    if staged is not None:
+        phases.seconds.update(staged.seconds)  # ran beside pre_restore, not after it
     restored = [{"source": label(s), "target": str(s.target)} for s in steps]
     # A database placed where the restored config looks left the old one untouched: undoing is
     # putting the config files back.
@@ -296,7 +331,15 @@ def _place_all(settings, entry, scope: str, plan: Plan) -> RestoreResult:
                          pre_restore_db=how, notes=plan.notes + notes)
 
 
-def _place(step: Step) -> None:
+def _stage_db(steps: list[Step]) -> StagedCopy | None:
+    """Start copying the restored DB beside its target (a 2.1 bundle's DB + WAL is folded later)."""
+    for step in steps:
+        if step.kind == "db" and (step.wal is None or step.wal.stat().st_size == 0):
+            return StagedCopy(step.source, step.target, step.mode).start()
+    return None
+
+
+def _place(step: Step, staged: StagedCopy | None = None) -> None:
     target = step.target
     target.parent.mkdir(parents=True, exist_ok=True)
     if step.kind == "db":
@@ -304,7 +347,9 @@ def _place(step: Step) -> None:
         # removing it before the rename loses nothing, and a crash in between leaves the old DB whole.
         for suffix in (WAL, SHM, JOURNAL):
             sidecar(target, suffix).unlink(missing_ok=True)
-        if step.wal is not None and step.wal.stat().st_size > 0:
+        if staged is not None and staged.target == target:
+            staged.place()
+        elif step.wal is not None and step.wal.stat().st_size > 0:
             _place_folded(step.source, step.wal, target, step.mode)
         else:
             atomic_copy(step.source, target, mode=step.mode)

@@ -86,9 +86,11 @@ def integrity(db: Path) -> str:
 # --- helper threads ----------------------------------------------------------------------------
 
 
-def into(box: dict, key: str, fn, *args) -> None:
-    """Thread body: `box[key]` = fn(*args), or the exception it raised, at a lower priority."""
-    yield_cpu()
+def into(box: dict, key: str, fn, *args, polite: bool = True) -> None:
+    """Thread body: `box[key]` = fn(*args), or the exception it raised; at a lower priority when
+    `polite` (a server may be running beside us)."""
+    if polite:
+        yield_cpu()
     try:
         box[key] = fn(*args)
     except BaseException as exc:  # handed back to the main thread

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, ok
+from helpers import REPO, ok, wait_until
 
 RESTORE_SH = REPO / "sparkq" / "scripts" / "restore_database.sh"
 COMPLETE = "Restore complete. Start the server: ./sparkq.sh start"
@@ -61,7 +61,10 @@ def test_scenario_2_database_corruption(project):
     _started(project)
     _api(project, "/api/prompts", {"command": "after-backup", "label": "x", "template_text": "t"}, "POST")
 
-    # While the server runs the restore is refused and the DB is left exactly as it was.
+    # While the server runs the restore is refused and the DB is left exactly as it was. The
+    # server's checkpointer folds the WAL into the file on its own; wait for it to go idle first.
+    wal = project.db.with_name(project.db.name + "-wal")
+    wait_until(lambda: not wal.exists() or wal.stat().st_size == 0, what="the server's idle checkpoint")
     before = _sha(project.db)
     busy = project.sh("backup-restore", "1", "--yes")
     assert busy.returncode == 6, busy.stderr

@@ -35,4 +35,11 @@ def test_bench_quick_smallest_mode_prints_ratios_and_cleans_up(tmp_path):
     assert "| Measure |" in proc.stdout  # the markdown table
     doc = json.loads(result_file.read_text())
     assert {row["verdict"] for row in doc["rows"]} <= {"PASS", "MISS", "info"}
+    rows = {row["measure"]: row for row in doc["rows"]}
+    api = rows["API p99 latency (PUT /api/config), during backup vs none"]["data"]
+    assert api["during"][0]["requests"] > 0 and api["none"][0]["requests"] > 0
+    assert "worst API request during backup" in rows
+    phases = rows["backup-restore --db-only vs sqlite3 .backup"]["data"]["phases"][0]
+    assert {"verify", "pre_restore", "place"} <= set(phases)  # printed by `sparkq -v backup-restore`
+    assert "Linux " in proc.stdout.split("| Measure |")[0]  # the machine line comes with the table
     assert list(out.iterdir()) == []  # temp databases and projects removed

@@ -1,0 +1,157 @@
+"""The WAL is folded back by the server's checkpointer thread, never by a request (issue 17).
+
+What a checkpoint did is read from SQLite's own shared memory (the `-shm` file): `mxFrame` is the
+number of frames in the WAL, `nBackfill` how many of them have been copied into the database file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from helpers import Project, wait_until
+from sparkq import storage
+from sparkq.app import Database
+
+PAGE = 4096
+VALUE = "v" * 20_000  # a config value of about five pages: the WAL grows fast
+
+
+class WalIndex:
+    """Reads `<db>-shm` through one descriptor kept open until every connection of ours is closed.
+
+    SQLite's WAL locks are fcntl locks on that file, and closing any descriptor of a file drops
+    all of the process's fcntl locks on it: opening and closing it per read would silently end
+    the read transactions of this process's own connections.
+    """
+
+    def __init__(self, db: Path) -> None:
+        self.fd = os.open(f"{db}-shm", os.O_RDONLY)
+
+    def frames(self) -> tuple[int, int]:
+        """(frames in the WAL, frames copied back into the database file)."""
+        raw = os.pread(self.fd, 100, 0)
+        max_frame = struct.unpack_from("=I", raw, 16)[0]  # WalIndexHdr.mxFrame
+        backfilled = struct.unpack_from("=I", raw, 96)[0]  # WalCkptInfo.nBackfill, after two headers
+        return max_frame, backfilled
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def wal_bytes(db: Path) -> int:
+    try:
+        return Path(f"{db}-wal").stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def put(conn: sqlite3.Connection, i: int) -> None:
+    """The statements of PUT /api/config/bench/kI, as the request path runs them."""
+    conn.execute(
+        "INSERT INTO config (namespace, key, value, updated_at, updated_by) VALUES ('bench', ?, ?, ?, 'test') "
+        "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+        (f"k{i % 50}", storage.encode_config_value(VALUE + str(i)), storage.utc_now()),
+    )
+
+
+def test_request_commits_never_checkpoint_and_the_thread_folds_their_frames(tmp_path: Path):
+    path = tmp_path / "q.db"
+    storage.setup_database(path)
+    db = Database(path)
+    db.checkpointer.interval = 3600  # the thread waits; only our explicit tick() may checkpoint
+    db.open()
+    shm = WalIndex(path)
+    try:
+        with db.read() as conn:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        for i in range(600):  # far past the 1000 frames at which SQLite's own autocheckpoint runs
+            with db.write() as conn:
+                put(conn, i)
+        frames, copied = shm.frames()
+        assert frames > 1500 and copied == 0, (frames, copied)
+
+        db.checkpointer.tick()
+        frames_after, copied = shm.frames()
+        assert copied == frames_after >= frames
+        assert db.checkpointer.stats.passive >= 1
+        with db.write() as conn:  # the next commit starts the WAL over instead of growing it
+            put(conn, 0)
+        assert shm.frames()[0] < 50
+    finally:
+        db.close()
+        shm.close()
+    assert wal_bytes(path) == 0 and not Path(f"{path}-wal").exists()
+
+
+class Writer(threading.Thread):
+    """One HTTP client writing config values one request at a time, timing each request."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.client = httpx.Client(base_url=url, timeout=30)
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            t0 = time.perf_counter()
+            r = self.client.put(f"/api/config/bench/k{i % 50}", json={"value": VALUE + str(i)})
+            self.latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                self.failures.append(r.text)
+        self.client.close()
+
+
+def test_under_a_writer_the_wal_stays_bounded_grows_only_while_pinned_and_shutdown_removes_it(
+        project: Project):
+    started = project.cli("start")  # the real server, as users run it
+    assert started.returncode == 0, started.stderr
+    shm = WalIndex(project.db)
+    writer = Writer(project.url)
+    writer.start()
+    try:
+        # 1. No snapshot: the WAL file stays small however much is written through it.
+        deadline = time.monotonic() + 120
+        peak = 0
+        while len(writer.latencies) * len(VALUE) < 24 * 2**20:
+            assert time.monotonic() < deadline, f"only {len(writer.latencies)} requests in 120 s"
+            peak = max(peak, wal_bytes(project.db))
+            time.sleep(0.01)
+        assert peak < 8 * 2**20, f"WAL reached {peak} bytes with no reader pinning it"
+
+        # 2. A read transaction (what a backup's snapshot is) pins the WAL: it grows meanwhile ...
+        reader = sqlite3.connect(str(project.db), isolation_level=None)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM config").fetchone()
+        pinned_at = shm.frames()[0]
+        wait_until(lambda: shm.frames()[0] > pinned_at + 3000, timeout=60,
+                   what="the WAL to grow behind the open read transaction")
+        # ... and once it ends, the thread folds it back while the writer keeps going.
+        reader.execute("COMMIT")
+        reader.close()
+        wait_until(lambda: shm.frames()[0] < 3000, timeout=30,
+                   what="the WAL to start over after the reader ended")
+    finally:
+        writer.stop.set()
+        writer.join(30)
+        shm.close()
+    assert not writer.failures, writer.failures[:3]
+
+    # 3. Idle: the WAL file is truncated without any request; shutdown leaves no -wal at all.
+    wait_until(lambda: wal_bytes(project.db) == 0, timeout=30, what="the idle WAL to be truncated")
+    stopped = project.cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert not Path(f"{project.db}-wal").exists()
+    with sqlite3.connect(str(project.db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT count(*) FROM config WHERE namespace = 'bench'").fetchone()[0] == 50
