@@ -8,6 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from helpers import Project, listening, wait_until
@@ -51,3 +52,22 @@ class RestServer:
 
 def offsite_config(project: Project, repository: str, password_file: Path, extra: str = "") -> None:
     project.write_config(f"offsite:\n  repository: '{repository}'\n  password_file: '{password_file}'\n{extra}")
+
+
+def background_pushers(root: Path) -> list[psutil.Process]:
+    """The detached `backup-push --background` children a start left for this project."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        argv = proc.info["cmdline"] or []
+        if "backup-push" in argv and "--background" in argv and proc.info["cwd"] == str(root):
+            found.append(proc)
+    return found
+
+
+def reap_pushers(root: Path, timeout: float = 60) -> None:
+    """Wait for this project's background pushes to finish; kill (by PID) what is left after that."""
+    try:
+        wait_until(lambda: not background_pushers(root), timeout=timeout, what="background pushes")
+    finally:
+        for proc in background_pushers(root):
+            proc.kill()

@@ -141,6 +141,8 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
     from .catalog import resolve, scan
 
     paths = settings.paths
+    if not configured(settings):
+        target_of(settings)  # raises: says how to configure it
     with _pushing(paths):
         state = offsite_state.load(paths)
         if honour_backoff and not state.retry_due():
@@ -167,9 +169,13 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
                 state.last_forget_at = state.last_push_at
                 report.forgot = True
         except SparkqError as exc:
+            # Recorded for status and the retry; the report (or the line below) tells the user, so
+            # the log event stays out of the console unless --verbose.
             report.error = str(exc)
             state.record_failure(report.error)
-            log.get().warning("offsite_push_failed", error=report.error, pending=len(report.pending))
+            log.get().info("offsite_push_failed", error=report.error, pending=len(report.pending))
+            if isinstance(exc, UsageError):
+                raise  # a setting to fix (password file mode, ...): one line and exit 2
         finally:
             shutil.rmtree(paths.backup_dir / STAGE_DIR, ignore_errors=True)
             offsite_state.save(paths, state)
@@ -244,7 +250,8 @@ def spawn_push(settings) -> int | None:
     try:
         child = subprocess.Popen([*argv, "backup-push", "--background"], stdin=subprocess.DEVNULL,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                                 close_fds=True, env={**os.environ, "SPARKQ_ROOT": str(settings.paths.root)})
+                                 close_fds=True, cwd=settings.paths.root,
+                                 env={**os.environ, "SPARKQ_ROOT": str(settings.paths.root)})
     except OSError as exc:
         log.get().warning("offsite_spawn_failed", error=str(exc))
         return None

@@ -10,7 +10,7 @@ import subprocess
 
 import psutil
 
-from offsite_helpers import PASSWORD, offsite_config
+from offsite_helpers import PASSWORD, offsite_config, reap_pushers
 from helpers import SPARKQ_BIN, grow_db, wait_until
 
 
@@ -72,6 +72,7 @@ def test_start_pushes_in_the_background(hermetic_cache, local_repo, password_fil
         assert [s["trigger"] for s in snaps] == ["start"]
     finally:
         project.cli("stop")
+        reap_pushers(project.root)
 
 
 def test_password_file_readable_by_others_is_refused(hermetic_cache, local_repo, password_file):
