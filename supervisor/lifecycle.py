@@ -101,7 +101,10 @@ class StatusResult:
         return OK if self.running else NOT_RUNNING
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        found = asdict(self)
+        if self.offsite is None:
+            del found["offsite"]  # the key is there when off-site copies are configured
+        return found
 
     def text(self) -> str:
         lines = [self.notice] if self.notice else []
