@@ -103,6 +103,8 @@ def _one_pattern(root: Path, report: Report, size_mb: float, days: int, pattern:
             change_a_day(db, pattern, rng)
         run([SPARKQ, "backup"], env=env, cwd=root).check()
         pushes.append(run([SPARKQ, "backup-push"], env=pushing, cwd=root).check().seconds)
+        if not day:
+            first = disk_usage(root / "repo")
     bundles = [p for p in dbgen.bundles(backup_dir) if not p.name.startswith("sparkq_preRestore")]
     one = disk_usage(bundles[-1])
     local = sum(disk_usage(b) for b in bundles)  # each a full copy: no links between bundles
@@ -115,8 +117,10 @@ def _one_pattern(root: Path, report: Report, size_mb: float, days: int, pattern:
         a=f"{repo / mb:.0f} MB", b=f"{one / mb:.0f} MB (one bundle)", ratio=ratio,
         target=f"<= {TARGET:g}x" if limit else "-",
         verdict="info" if limit is None else ("PASS" if ratio <= limit else "MISS"),
-        note=f"local disk for the same {days} bundles: {local / mb:.0f} MB ({local / one:.1f}x)",
-        data={"repo_bytes": repo, "bundle_bytes": one, "local_bytes": local, "push_s": pushes}))
+        note=(f"first push {first / mb:.0f} MB, then +{(repo - first) / max(1, days - 1) / mb:.1f} MB a day; "
+              f"local disk for the same {days} bundles: {local / mb:.0f} MB ({local / one:.1f}x)"),
+        data={"repo_bytes": repo, "first_push_bytes": first, "bundle_bytes": one, "local_bytes": local,
+              "push_s": pushes}))
     report.add(Row(measure=f"push of a new bundle ({pattern}, median)", size=size,
                    a=fmt_s(statistics.median(pushes[1:] or pushes)), b="", ratio=None, target="-",
                    verdict="info", data={"push_s": pushes}))
