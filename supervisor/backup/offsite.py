@@ -165,9 +165,8 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
                 report.pending.remove(entry.name)
                 offsite_state.save(paths, state)
             if report.pushed and state.forget_due():
-                _forget(runner, target, settings)
-                state.last_forget_at = state.last_push_at
-                report.forgot = True
+                report.forgot = _forget(runner, target, settings)
+                state.last_forget_at = state.last_push_at  # a failed forget waits a day too
         except SparkqError as exc:
             # Recorded for status and the retry; the report (or the line below) tells the user, so
             # the log event stays out of the console unless --verbose.
@@ -177,7 +176,9 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
             if isinstance(exc, UsageError):
                 raise  # a setting to fix (password file mode, ...): one line and exit 2
         finally:
-            shutil.rmtree(paths.backup_dir / STAGE_DIR, ignore_errors=True)
+            shutil.rmtree(_stage_root(paths), ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (paths.backup_dir / STAGE_DIR).rmdir()  # unless another project's push uses it
             offsite_state.save(paths, state)
     return report
 
@@ -185,7 +186,7 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
 def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dict:
     from . import history
 
-    stage = _stage(paths.backup_dir, Path(entry.path))
+    stage = _stage(_stage_root(paths), Path(entry.path))
     tags = [TAG, entry.name, f"trigger:{entry.trigger or 'unknown'}"]
     project = history.project_id(paths)
     if project:
@@ -218,11 +219,16 @@ def _with_repair(runner, target, args: list[str]) -> str:
     return restic.run(runner, target, args)
 
 
-def _stage(backup_dir: Path, bundle: Path) -> Path:
+def _stage_root(paths) -> Path:
+    """This project's stable folder: projects sharing a backup dir each have their own."""
+    from .history import project_id
+
+    return paths.backup_dir / STAGE_DIR / (project_id(paths) or paths.db.stem or "sparkq")
+
+
+def _stage(stage: Path, bundle: Path) -> Path:
     """The bundle's files, hard-linked (copied across file systems) into the stable folder."""
-    stage = backup_dir / STAGE_DIR
     shutil.rmtree(stage, ignore_errors=True)
-    os.mkdir(stage, 0o700)
 
     def link(src, dst):
         try:
@@ -230,14 +236,25 @@ def _stage(backup_dir: Path, bundle: Path) -> Path:
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(bundle, stage / "bundle", symlinks=True, copy_function=link)
+    try:
+        stage.mkdir(mode=0o700, parents=True)  # the backup dir above is 0700 already
+        shutil.copytree(bundle, stage / "bundle", symlinks=True, copy_function=link)
+    except (OSError, shutil.Error) as exc:
+        raise OffsiteFailed(f"cannot stage {bundle.name} for restic in {stage} ({exc}); "
+                            "check the backup dir's free space and permissions") from None
     return stage / "bundle"
 
 
-def _forget(runner, target, settings) -> None:
+def _forget(runner, target, settings) -> bool:
+    """Apply the keep policy to SparkQ's snapshots; a failure is logged, the pushes stand."""
     keep = keep_policy(settings)
     args = ["forget", "--prune", "--tag", TAG, *[x for k, n in keep.items() for x in (f"--keep-{k}", str(n))]]
-    _with_repair(runner, target, args)
+    try:
+        _with_repair(runner, target, args)
+    except restic.ResticError as exc:
+        log.get().warning("offsite_forget_failed", error=str(exc))
+        return False
+    return True
 
 
 def spawn_push(settings) -> int | None:
