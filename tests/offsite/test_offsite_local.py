@@ -43,6 +43,8 @@ def test_backup_pushes_and_lists(hermetic_cache, local_repo, password_file):
     assert "off-site: up to date" in project.cli("status").stdout
     verified = project.cli("backup-verify", "--offsite")
     assert verified.returncode == 0 and "ok" in verified.stdout
+    read = project.cli("backup-verify", "--offsite", "--read-data", "--json")
+    assert read.returncode == 0 and json.loads(read.stdout)["ok"] is True
     for proc in (made, listed, text, status, verified):
         assert PASSWORD not in proc.stdout + proc.stderr
 
@@ -131,3 +133,23 @@ def test_kill9_mid_push_then_next_push_completes(hermetic_cache, local_repo, pas
     checked = _restic_check(local_repo, password_file)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(project.cli("status", "--json").stdout)["offsite"]["pending"] == 0
+
+
+def test_projects_sharing_a_backup_dir_push_their_own_bundles(hermetic_cache, local_repo, password_file, tmp_path):
+    """Two databases, one backup dir, one repository: each project pushes its own bundles, from
+    its own stable folder, tagged with its own project id."""
+    project = hermetic_cache
+    shared = tmp_path / "shared-backups"
+    second_db = tmp_path / "second" / "sparkq.db"
+    base = f"backup:\n  dir: '{shared}'\n"
+    offsite_config(project, local_repo, password_file, base)
+    assert project.cli("setup").returncode == 0
+    other = tmp_path / "other.yml"
+    other.write_text(project.config.read_text() + f"database:\n  path: '{second_db}'\n")
+    assert project.cli("--config", str(other), "setup").returncode == 0
+    first = project.cli("backup")
+    second = project.cli("--config", str(other), "backup")
+    assert "-> snapshot" in first.stdout and "-> snapshot" in second.stdout, first.stdout + second.stdout
+    snaps = json.loads(project.cli("backup-list", "--offsite", "--json").stdout)["snapshots"]
+    assert len({s["project"] for s in snaps}) == 2 and len({s["path"] for s in snaps}) == 2
+    assert not (shared / ".offsite-stage").exists()
