@@ -46,3 +46,17 @@ def test_restic_missing_names_the_install(project, tmp_path):
     out = project.cli("backup-list", "--offsite", env={"PATH": str(bindir)})
     assert out.returncode == 1 and "apt-get install restic" in out.stderr and out.stderr.count("\n") == 1
     assert project.cli("status", env={"PATH": str(bindir)}).returncode == 3  # status never needs restic
+
+
+def test_env_file_readable_by_others_is_refused(project, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("x\n")
+    pw.chmod(0o600)
+    creds = tmp_path / "restic.env"
+    creds.write_text("AWS_SECRET_ACCESS_KEY=never-show-this\n")
+    creds.chmod(0o644)
+    project.write_config(f"offsite:\n  repository: s3:s3.example.com/bucket\n  password_file: {pw}\n"
+                         f"  env_file: {creds}\n")
+    out = project.cli("backup-list", "--offsite")
+    assert out.returncode == 2 and f"chmod 600 {creds}" in out.stderr
+    assert "never-show-this" not in out.stdout + out.stderr
