@@ -122,9 +122,11 @@ ensure_venv() {
 # that finds an `offsite:` section (or RESTIC_REPOSITORY) without restic installs it when it can;
 # otherwise the command itself says what to install.
 ensure_restic() {
+  local yml="${SPARKQ_CONFIG:-$SPARKQ_ROOT/sparkq.yml}" tried="$VENV/.restic-install-tried"
   command -v restic >/dev/null 2>&1 && return 0
-  local yml="${SPARKQ_CONFIG:-$SPARKQ_ROOT/sparkq.yml}"
+  [ -e "$tried" ] && return 0  # tried once already (no network?): do not run apt on every command
   if [ -n "${RESTIC_REPOSITORY:-}" ] || grep -qE '^offsite:' "$yml" 2>/dev/null; then
+    [ "$(id -u)" != 0 ] || touch "$tried" 2>/dev/null || true
     apt_install restic || true
   fi
 }
