@@ -32,6 +32,14 @@ Backups
                              print the prompts of backup N as JSON, restore nothing
   backup-export KIND N       print prompts|config|tools|task-classes|agent-roles|projects of N
 
+Off-site copies (restic; an `offsite:` section in sparkq.yml)
+  backup-push [N|--all]      push pending backups to the off-site repository now
+  backup-list --offsite      list the SparkQ snapshots off-site
+  backup-restore --offsite latest|NAME|ID [--yes]
+                             fetch a bundle from off-site, verify it, restore it
+  backup-verify --offsite [--read-data]
+                             restic check of the off-site repository
+
 Development
   test [PYTEST ARGS]         install test dependencies and run the test suite (--long: long faults)
   bench [--quick] [--size MB]
@@ -112,6 +120,31 @@ ensure_venv() {
   fi
 }
 
+# Off-site copies use the system's restic (docs/BACKUP.md, Off-site copies). The first command
+# that finds an `offsite:` section (or RESTIC_REPOSITORY) without restic installs it when it can;
+# otherwise the command itself says what to install.
+ensure_restic() {
+  local yml="${SPARKQ_CONFIG:-$SPARKQ_ROOT/sparkq.yml}" tried="$VENV/.restic-install-tried"
+  command -v restic >/dev/null 2>&1 && return 0
+  [ -e "$tried" ] && return 0  # tried once already (no network?): do not run apt on every command
+  if [ -n "${RESTIC_REPOSITORY:-}" ] || grep -qE '^offsite:' "$yml" 2>/dev/null; then
+    [ "$(id -u)" != 0 ] || touch "$tried" 2>/dev/null || true
+    apt_install restic || true
+  fi
+}
+
+# The tests need restic, and rclone for a local REST backend: install them when we can, else
+# the off-site tests skip and say why.
+ensure_test_tools() {
+  local missing=() tool
+  for tool in restic rclone; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  apt_install "${missing[@]}" ||
+    echo "sparkq.sh: ${missing[*]} not installed (needs root and apt-get); the off-site tests will skip" >&2
+}
+
 cmd="${1:-}"
 case "$cmd" in
   ""|-h|--help|help)
@@ -120,6 +153,7 @@ case "$cmd" in
   test)
     shift
     ensure_venv test
+    ensure_test_tools
     cd "$HERE"
     exec "$VENV/bin/python" -m pytest "$@" ;;
   bench)
@@ -132,5 +166,6 @@ case "$cmd" in
     exec "$VENV/bin/python" -m bench "$@" ;;
   *)
     ensure_venv
+    ensure_restic
     exec "$VENV/bin/sparkq" "$@" ;;
 esac

@@ -28,6 +28,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pairs", type=int, default=3, metavar="N", help="A/B pairs per measure (default 3)")
     p.add_argument("--only", metavar="CASE[,CASE]",
                    help=f"run only these measures: {', '.join(CASES)} (default: all)")
+    p.add_argument("--offsite", action="store_true",
+                   help="also measure off-site copies: 14 daily bundles pushed to restic (slow; bench/offsite.py)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the results table as markdown")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, metavar="DIR",
@@ -75,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         for size in sizes:
             bench.size_section(size)
         bench.rss_growth()
+        if args.offsite:
+            from .offsite import measure
+
+            measure(work, report, size_mb=args.size or 256)
     except KeyboardInterrupt:
         interrupted = True
         print("bench: interrupted; cleaning up", file=sys.stderr)

@@ -165,13 +165,49 @@ _REFS = {"ignore_unknown_options": True}
 def backup(as_json: bool = JsonOpt) -> None:
     """Take a verified backup bundle now (also while the server runs)."""
     from .backup.create import create_backup
+    from .backup.offsite import after_backup
 
-    _emit(create_backup(_settings(), trigger="manual", progress=sys.stderr.isatty()), as_json)
+    settings = _settings()
+    result = create_backup(settings, trigger="manual", progress=sys.stderr.isatty())
+    pushed = after_backup(settings, result)  # None when off-site copies are off; never raises
+    if as_json:
+        print(json.dumps({**result.to_dict(), **({"offsite": pushed.to_dict()} if pushed else {})},
+                         indent=2, default=str))
+    else:
+        _emit(result)
+        if pushed:
+            _emit(pushed)
+
+
+@app.command("backup-push", context_settings=_REFS)
+def backup_push(
+    ref: Optional[str] = typer.Argument(None, metavar="[N|NAME]", help="Default: every pending backup."),
+    all_: bool = typer.Option(False, "--all", help="Push every local backup, already pushed ones too."),
+    background: bool = typer.Option(False, "--background", hidden=True),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Copy backups to the off-site restic repository now. Exit 1 when a push failed."""
+    from .backup.offsite import push
+
+    if ref is not None and all_:
+        raise UsageError("give a backup N|NAME or --all, not both")
+    report = push(_settings(lenient=background), ref, all_=all_)
+    if not background:
+        _emit(report, as_json)
+        _exit(FAILURE if report.error else 0)
 
 
 @app.command("backup-list")
-def backup_list(as_json: bool = JsonOpt) -> None:
+def backup_list(
+    offsite: bool = typer.Option(False, "--offsite", help="List the SparkQ snapshots in the off-site repository."),
+    as_json: bool = JsonOpt,
+) -> None:
     """List backups, 1 = newest; pre-restore bundles are listed apart, by name."""
+    if offsite:
+        from .backup.offsite_repo import list_offsite
+
+        _emit(list_offsite(_settings(lenient=True)), as_json)
+        return
     from .backup.listing import list_backups
 
     _emit(list_backups(_settings(lenient=True)), as_json)
@@ -192,6 +228,8 @@ def backup_show(
 def backup_verify(
     ref: Optional[str] = typer.Argument(None, metavar="[N|NAME]", help="Default: the newest backup."),
     all_: bool = typer.Option(False, "--all", help="Verify every backup, pre-restore bundles included."),
+    offsite: bool = typer.Option(False, "--offsite", help="Check the off-site repository (restic check)."),
+    read_data: bool = typer.Option(False, "--read-data", help="With --offsite: download and check every pack."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Check checksums and `PRAGMA integrity_check` of backups. Exit 5 when any fails."""
@@ -199,6 +237,17 @@ def backup_verify(
 
     if ref is not None and all_:
         raise UsageError("give a backup N|NAME or --all, not both")
+    if read_data and not offsite:
+        raise UsageError("--read-data goes with --offsite")
+    if offsite:
+        if ref is not None or all_:
+            raise UsageError("--offsite checks the whole repository; it takes no N|NAME or --all")
+        from .backup.offsite_repo import check
+
+        checked = check(_settings(lenient=True), read_data=read_data)
+        _emit(checked, as_json)
+        _exit(checked.exit_code)
+        return
     report = verify_backups(_settings(lenient=True), ref, all_=all_)
     _emit(report, as_json)
     _exit(report.exit_code)
@@ -224,6 +273,7 @@ def backup_restore(
         None, "--tables", help="Merge these tables from the backup into the current DB (e.g. prompts,config)."
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    offsite: bool = typer.Option(False, "--offsite", help="REF is off-site: latest, a bundle name or a snapshot id."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan and the result as JSON (needs --yes)."),
 ) -> None:
     """Restore backup N. The current state is first saved as a sparkq_preRestore_* bundle.
@@ -232,6 +282,8 @@ def backup_restore(
     anything is touched. `backup-restore N export-prompts` prints prompts and restores nothing.
     """
     if action is not None:
+        if offsite:
+            raise UsageError("export-prompts reads a local backup; fetch it first without export-prompts")
         if action.startswith("-"):  # refs may start with "-", so click lets unknown options through
             raise UsageError(f"unknown option {action}; see ./sparkq.sh backup-restore --help")
         if action != "export-prompts":
@@ -252,8 +304,13 @@ def backup_restore(
         raise UsageError("--json needs --yes: a script cannot answer the confirmation prompt")
     from .backup import restore
 
+    settings = _settings(lenient=True)
+    if offsite:
+        from .backup.offsite_repo import fetch
+
+        ref = fetch(settings, ref)  # now a verified local bundle; the normal path from here
     plans: list = []
-    result = restore.restore_backup(_settings(lenient=True), ref, scope=scope.value, tables=table_list,
+    result = restore.restore_backup(settings, ref, scope=scope.value, tables=table_list,
                                     confirm=_confirmer(yes, plans, show=not as_json))
     if as_json:
         print(json.dumps({"plan": plans[0].to_dict(), **result.to_dict()}, indent=2, default=str))

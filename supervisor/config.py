@@ -33,7 +33,13 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "backup.dir": ((str,), DEFAULT_BACKUP_DIR, "a folder path"),
     "backup.keep": ((int,), 7, "a whole number >= 1"),
     "backup.lock_timeout": ((int, float), 30, "a number of seconds > 0"),
+    # Off-site copies through restic (backup/offsite.py); unset repository = off.
+    "offsite.repository": ((str, type(None)), None, "a restic repository (a path, sftp:, rest:, s3:, rclone:)"),
+    "offsite.password_file": ((str, type(None)), None, "a file path"),
+    "offsite.env_file": ((str, type(None)), None, "a file path"),
+    "offsite.keep": ((dict, type(None)), None, "a mapping of last/daily/weekly/monthly to whole numbers >= 1"),
 }
+OFFSITE_KEEP_KINDS = ("last", "daily", "weekly", "monthly")
 # Sections the server owns; the supervisor passes them through unchecked.
 _FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features", "sparkq"}
 # Top-level keys the original SparkQ writes into its sparkq.yml (see ORIGINAL.md): a restored
@@ -271,6 +277,9 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
         ok = value >= 1
     elif ok and dotted.endswith("_timeout"):
         ok = value > 0
+    elif ok and dotted == "offsite.keep" and value is not None:
+        ok = all(k in OFFSITE_KEEP_KINDS and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                 for k, n in value.items())
     elif ok and dotted == "server.command" and value is not None:
         ok = bool(value) and all(isinstance(arg, str) for arg in value)
     if not ok:

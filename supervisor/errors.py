@@ -57,3 +57,7 @@ class Interrupted(SparkqError):
     """Ctrl-C or SIGTERM stopped an operation that then put back what it had changed."""
 
     exit_code = 130  # 128 + SIGINT, as shells report it
+
+
+class OffsiteFailed(SparkqError):
+    """An off-site operation (restic) failed; local bundles are untouched."""

@@ -92,6 +92,7 @@ class StatusResult:
     newest_backup_age_s: float | None = None
     notice: str | None = None
     warnings: list[str] = field(default_factory=list)
+    offsite: dict | None = None  # backup/offsite_state.summary: pending bundles, last failure
 
     @property
     def exit_code(self) -> int:
@@ -100,7 +101,10 @@ class StatusResult:
         return OK if self.running else NOT_RUNNING
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        found = asdict(self)
+        if self.offsite is None:
+            del found["offsite"]  # the key is there when off-site copies are configured
+        return found
 
     def text(self) -> str:
         lines = [self.notice] if self.notice else []
@@ -116,6 +120,10 @@ class StatusResult:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
         else:
             lines.append("  newest backup: none")
+        if self.offsite:
+            from .backup.offsite_state import summary_text
+
+            lines.append("  " + summary_text(self.offsite, _duration))
         return "\n".join(lines)
 
 
@@ -175,6 +183,7 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
                 print(backup_text)  # stdout, as on success: stderr keeps the one-line error
             raise
         backup_text = _prune_after_healthy(settings, backup) or backup_text
+    _push_offsite(settings, backup)
     log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)
     return StartResult(pid=info.pid, url=info.url, backup=backup and backup.to_dict(), backup_text=backup_text,
                        notices=notices)
@@ -241,6 +250,15 @@ def _prune_after_healthy(settings, backup) -> str | None:
     from .backup.create import prune_after
 
     return prune_after(settings, backup).text()
+
+
+def _push_offsite(settings, backup) -> None:
+    """Off-site copy of the pre-start bundle in a detached child: a start never waits for the
+    network. It pushes every pending bundle, so an unchanged start retries earlier failures."""
+    if backup is not None:
+        from .backup.offsite import spawn_push
+
+        spawn_push(settings)
 
 
 def _not_started(exc: SparkqError) -> SparkqError:
@@ -456,6 +474,7 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
                                      stop_requested=lambda: forwarder.stopping)
         if isinstance(ready, int):
             return spawned, None
+        _push_offsite(settings, backup)
         if backup is not None:
             _prune_after_healthy(settings, backup)
             if backup.pruned:
@@ -510,7 +529,23 @@ def status(settings) -> StatusResult:
         result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
                                "`start` will refuse until it is stopped (find it with: ss -ltnp)")
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
+    result.offsite = _offsite_summary(settings)
     return result
+
+
+def _offsite_summary(settings) -> dict | None:
+    """Pending off-site pushes and the last failure, from our own state file: no restic call."""
+    from .backup.offsite_state import configured, summary
+
+    if not configured(settings):
+        return None
+    from .backup.catalog import scan
+
+    try:
+        regular, _pre = scan(settings.paths.backup_dir, listing_cache=settings.paths.listing_cache)
+    except Exception:  # noqa: BLE001 - _newest_backup has logged it already
+        regular = []
+    return summary(settings, [e.name for e in regular])
 
 
 def _newest_backup(paths) -> tuple[str | None, float | None]:

@@ -1,0 +1,137 @@
+"""The restic runner: find the binary, check its version, build its environment, run it.
+
+restic is the engine for off-site copies (encryption, dedup, retention, `check`); this module
+only knows how to call it. The policy (what to push, when, what to record) is in offsite.py.
+Secrets never go on a command line: the repository and the password file reach restic through
+RESTIC_REPOSITORY / RESTIC_PASSWORD_FILE, backend credentials through its environment, and any
+user:password in a repository URL is redacted before a message is shown or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OffsiteFailed
+
+MIN_VERSION = (0, 14)  # Debian bookworm's restic: everything used here works from it on
+INSTALL_HINT = "install restic 0.14 or newer (Debian/Ubuntu: sudo apt-get install restic; macOS: brew install restic)"
+
+_URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^@/\s]+)@", re.I)
+# What restic says when a repository is not there yet (local and REST backends alike).
+_NO_REPO = ("Is there a repository at the following location?", "repository does not exist")
+_REPLACED = {"RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE",
+             "RESTIC_PASSWORD_COMMAND"}
+_LOCKED = ("repository is already locked", "unable to create lock", "failed to lock")
+
+
+def redact(text: str) -> str:
+    """`rest:https://user:secret@host/` -> `rest:https://user:***@host/`."""
+    return _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One restic repository with what it takes to open it (never printed whole)."""
+
+    repository: str
+    password_file: Path
+    env: dict[str, str]  # backend credentials from offsite.env_file; values are secrets
+
+    @property
+    def shown(self) -> str:
+        return redact(self.repository)
+
+
+@dataclass(frozen=True)
+class Restic:
+    binary: str
+    version: tuple[int, int, int]
+
+    @property
+    def can_skip_scan(self) -> bool:
+        return self.version >= (0, 15, 0)  # `backup --no-scan` saves a walk over the bundle
+
+
+def find() -> Restic:
+    """The system's restic and its version, or one line naming what to install."""
+    binary = shutil.which("restic")
+    if binary is None:
+        raise OffsiteFailed(f"off-site copies need restic, which is not installed; {INSTALL_HINT}")
+    try:
+        out = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OffsiteFailed(f"cannot run {binary} ({exc}); {INSTALL_HINT}") from None
+    found = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
+    if not found:
+        raise OffsiteFailed(f"cannot tell the version of {binary} (it said {out.strip()[:60]!r}); {INSTALL_HINT}")
+    version = tuple(int(x) for x in found.groups())
+    if version[:2] < MIN_VERSION:
+        raise OffsiteFailed(f"restic {'.'.join(map(str, version))} is too old; {INSTALL_HINT}")
+    return Restic(binary, version)  # type: ignore[arg-type]
+
+
+class ResticError(OffsiteFailed):
+    """restic ran and failed; the message is its own last line, redacted."""
+
+    def __init__(self, message: str, *, no_repo: bool = False, locked: bool = False):
+        super().__init__(message)
+        self.no_repo, self.locked = no_repo, locked
+
+
+def run(restic: Restic, target: Target, args: list[str], *, timeout: float | None = None,
+        cwd: Path | None = None) -> str:
+    """Run `restic ARGS` against `target`; stdout on success, ResticError otherwise."""
+    # Ours replace whatever names a repository or a password in the caller's environment.
+    env = {k: v for k, v in os.environ.items() if k not in _REPLACED}
+    env.update(target.env)
+    env.update(RESTIC_REPOSITORY=target.repository, RESTIC_PASSWORD_FILE=str(target.password_file))
+    try:
+        proc = subprocess.run([restic.binary, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                              timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise ResticError(f"restic {args[0]} did not finish within {timeout:.0f}s") from None
+    except OSError as exc:
+        raise ResticError(f"cannot run restic ({exc.strerror}); {INSTALL_HINT}") from None
+    if proc.returncode != 0:
+        raise _error(args[0], proc.stderr, proc.returncode, target)
+    return proc.stdout
+
+
+def run_json(restic: Restic, target: Target, args: list[str], **kw):
+    out = run(restic, target, [*args, "--json"], **kw)
+    return json.loads(out) if out.strip() else None
+
+
+def json_lines(text: str) -> list[dict]:
+    """`backup --json` prints one JSON object a line (status lines, then the summary)."""
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _error(command: str, stderr: str, code: int, target: Target) -> ResticError:
+    text = redact(stderr)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    no_repo = any(marker in text for marker in _NO_REPO)
+    locked = any(marker in text for marker in _LOCKED)
+    if "wrong password" in text:
+        why = f"wrong password for {target.shown} (the password file {target.password_file} does not open it)"
+    elif no_repo:
+        why = f"no restic repository at {target.shown}"
+    elif locked:
+        why = f"the repository {target.shown} is locked by another restic"
+    else:
+        fatal = [ln for ln in lines if ln.lower().startswith("fatal")]
+        why = (fatal or lines or [f"exit status {code}"])[-1].removeprefix("Fatal: ")
+        why = why[:300]
+    return ResticError(f"restic {command} failed: {why}", no_repo=no_repo, locked=locked)

@@ -1,0 +1,155 @@
+"""Off-site copies to a local restic repository: push on backup, list, status, start's background
+push, the password-file check, a wrong password, kill -9 mid-push."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import psutil
+
+from offsite_helpers import PASSWORD, offsite_config, reap_pushers
+from helpers import SPARKQ_BIN, grow_db, wait_until
+
+
+def _restic_check(repo: str, password_file) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RESTIC_REPOSITORY": repo, "RESTIC_PASSWORD_FILE": str(password_file)}
+    return subprocess.run(["restic", "check", "--no-cache"], env=env, capture_output=True, text=True, timeout=120)
+
+
+def _setup(project, repo, password_file):
+    offsite_config(project, repo, password_file)
+    assert project.cli("setup").returncode == 0
+
+
+def test_backup_pushes_and_lists(hermetic_cache, local_repo, password_file):
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    made = project.cli("backup")
+    assert made.returncode == 0, made.stderr
+    name = made.stdout.split()[1]
+    assert f"off-site: {name} -> snapshot" in made.stdout
+    listed = project.cli("backup-list", "--offsite", "--json")
+    assert listed.returncode == 0, listed.stderr
+    snaps = json.loads(listed.stdout)["snapshots"]
+    assert [(s["bundle"], s["trigger"]) for s in snaps] == [(name, "manual")]
+    assert isinstance(snaps[0]["data_added"], int) and snaps[0]["project"]
+    text = project.cli("backup-list", "--offsite")
+    assert name in text.stdout and "manual" in text.stdout
+    status = project.cli("status", "--json")
+    assert json.loads(status.stdout)["offsite"]["pending"] == 0
+    assert "off-site: up to date" in project.cli("status").stdout
+    verified = project.cli("backup-verify", "--offsite")
+    assert verified.returncode == 0 and "ok" in verified.stdout
+    read = project.cli("backup-verify", "--offsite", "--read-data", "--json")
+    assert read.returncode == 0 and json.loads(read.stdout)["ok"] is True
+    for proc in (made, listed, text, status, verified):
+        assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_unchanged_bundle_dedups(hermetic_cache, local_repo, password_file):
+    """A second push of the same state adds almost nothing: stable path, content-defined chunks."""
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    grow_db(project.db, 8)
+    assert project.cli("backup").returncode == 0
+    again = project.cli("backup", "--json")
+    added = json.loads(again.stdout)["offsite"]["pushed"][0]["data_added"]
+    assert added < 1 << 20, added
+
+
+def test_start_pushes_in_the_background(hermetic_cache, local_repo, password_file):
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    started = project.cli("start")
+    assert started.returncode == 0, started.stderr
+    try:
+        def pushed():
+            info = json.loads(project.cli("status", "--json").stdout)["offsite"]
+            return info["pending"] == 0 and info["last_push_at"]
+        wait_until(pushed, timeout=60, what="the background push after start")
+        snaps = json.loads(project.cli("backup-list", "--offsite", "--json").stdout)["snapshots"]
+        assert [s["trigger"] for s in snaps] == ["start"]
+    finally:
+        project.cli("stop")
+        reap_pushers(project.root)
+
+
+def test_password_file_readable_by_others_is_refused(hermetic_cache, local_repo, password_file):
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    password_file.chmod(0o644)
+    listed = project.cli("backup-list", "--offsite")
+    assert listed.returncode == 2
+    assert listed.stderr.count("\n") == 1 and f"chmod 600 {password_file}" in listed.stderr
+    made = project.cli("backup")  # the local backup still succeeds and says why nothing went off-site
+    assert made.returncode == 0 and "off-site: push failed" in made.stdout and "chmod 600" in made.stdout
+    assert json.loads(project.cli("status", "--json").stdout)["offsite"]["pending"] == 1
+
+
+def test_wrong_password_is_one_clear_line(hermetic_cache, local_repo, password_file, tmp_path):
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    assert project.cli("backup").returncode == 0
+    wrong = tmp_path / "wrong-password"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    offsite_config(project, local_repo, wrong)
+    listed = project.cli("backup-list", "--offsite")
+    assert listed.returncode == 1 and listed.stdout == ""
+    lines = listed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "wrong password" in lines[0], listed.stderr
+    pushed = project.cli("backup-push", "--all")
+    assert pushed.returncode == 1 and "wrong password" in pushed.stdout
+    assert "Traceback" not in pushed.stderr + listed.stderr
+    for proc in (listed, pushed):
+        assert "not-the-password" not in proc.stdout + proc.stderr and PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_kill9_mid_push_then_next_push_completes(hermetic_cache, local_repo, password_file):
+    project = hermetic_cache
+    project.write_config()
+    assert project.cli("setup").returncode == 0
+    grow_db(project.db, 96)
+    assert project.cli("backup").returncode == 0  # local only: off-site not configured yet
+    offsite_config(project, local_repo, password_file)
+    pusher = project.popen(str(SPARKQ_BIN), "backup-push", start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def restic_writing():
+        kids = [p for p in psutil.Process(pusher.pid).children(recursive=True) if p.name() == "restic"]
+        data = os.path.join(local_repo, "data")
+        written = os.path.isdir(data) and any(files for _d, _s, files in os.walk(data))
+        return kids if written else None
+    wait_until(restic_writing, timeout=60, interval=0.01, what="restic to start writing packs")
+    os.killpg(pusher.pid, signal.SIGKILL)
+    pusher.wait(timeout=10)
+    assert json.loads(project.cli("status", "--json").stdout)["offsite"]["pending"] == 1
+    again = project.cli("backup-push")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "-> snapshot" in again.stdout
+    checked = _restic_check(local_repo, password_file)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(project.cli("status", "--json").stdout)["offsite"]["pending"] == 0
+
+
+def test_projects_sharing_a_backup_dir_push_their_own_bundles(hermetic_cache, local_repo, password_file, tmp_path):
+    """Two databases, one backup dir, one repository: each project pushes its own bundles, from
+    its own stable folder, tagged with its own project id."""
+    project = hermetic_cache
+    shared = tmp_path / "shared-backups"
+    second_db = tmp_path / "second" / "sparkq.db"
+    base = f"backup:\n  dir: '{shared}'\n"
+    offsite_config(project, local_repo, password_file, base)
+    assert project.cli("setup").returncode == 0
+    other = tmp_path / "other.yml"
+    other.write_text(project.config.read_text() + f"database:\n  path: '{second_db}'\n")
+    assert project.cli("--config", str(other), "setup").returncode == 0
+    first = project.cli("backup")
+    second = project.cli("--config", str(other), "backup")
+    assert "-> snapshot" in first.stdout and "-> snapshot" in second.stdout, first.stdout + second.stdout
+    snaps = json.loads(project.cli("backup-list", "--offsite", "--json").stdout)["snapshots"]
+    assert len({s["project"] for s in snaps}) == 2 and len({s["path"] for s in snaps}) == 2
+    assert not (shared / ".offsite-stage").exists()
