@@ -40,6 +40,8 @@ def remove_stale_temps(target: Path) -> None:
     still runs keeps its file. Without this, each crash while restoring the database would leave
     a hidden full-size copy of it beside the live one for good.
     """
+    from .process import alive
+
     prefix = f".{target.name}.tmp-"
     try:
         names = os.listdir(target.parent)
@@ -47,7 +49,7 @@ def remove_stale_temps(target: Path) -> None:
         return
     for name in names:
         pid = name[len(prefix):] if name.startswith(prefix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)):
             path = target.parent / name
             try:
                 if path.is_dir() and not path.is_symlink():
@@ -56,21 +58,6 @@ def remove_stale_temps(target: Path) -> None:
                     os.unlink(path)
             except OSError:
                 pass
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (a PID we may not signal counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
 
 
 def sha256_file(path: Path) -> str:

@@ -275,7 +275,7 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     has_db = paths.db.exists()
     if has_db:
         if not (link_db and _link_db(paths.db, db)):
-            _snapshot_unsynced(paths.db, db, float(settings.get("backup.lock_timeout")), progress)
+            _snapshot_unsynced(paths.db, db, settings.lock_timeout, progress)
         files.append(DB_NAME)
     snapshot_sha = None
     if has_db and baseline is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import log
 from ..errors import SparkqError, UsageError
-from ..fsutil import pid_alive
+from ..process import alive
 from ..locking import supervisor_lock
 
 RETENTION_LOCK = ".retention.lock"
@@ -118,6 +118,6 @@ def _remove_stale_temps(backup_dir: Path) -> None:
     """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
     for item in os.scandir(backup_dir):
         match = TEMP_RE.match(item.name)
-        if match and item.is_dir(follow_symlinks=False) and not pid_alive(int(match["pid"])):
+        if match and item.is_dir(follow_symlinks=False) and not alive(int(match["pid"])):
             shutil.rmtree(item.path, ignore_errors=True)
             log.get().info("backup_temp_removed", name=item.name)

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import VerificationFailed
+from ..errors import OK, VerificationFailed
 from ..fsutil import sha256_file
 from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
 from .exports import export_problems
@@ -146,7 +146,7 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return VerificationFailed.exit_code if self.failed else 0
+        return VerificationFailed.exit_code if self.failed else OK
 
     def to_dict(self) -> dict:
         return {"results": self.results, "checked": self.checked, "failed": self.failed}

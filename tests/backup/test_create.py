@@ -25,7 +25,7 @@ from supervisor.fmt import human_size
 from supervisor.backup import create, exports
 from supervisor.backup.catalog import scan
 from supervisor.errors import BackupFailed, ConfigError
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 EXPORT_FILES = set(exports.EXPORT_FILES)
 TEMPLATES = {f"setup_templates/{t}" for t in create.TEMPLATE_FILES}

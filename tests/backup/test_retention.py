@@ -14,7 +14,7 @@ from supervisor import config
 from supervisor.backup import create, retention
 from supervisor.backup.catalog import scan
 from supervisor.errors import UsageError
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 _REAL_NOW = create._now
 

@@ -1,0 +1,139 @@
+"""Everything a start does before the server runs: first-run set-up, the checks that refuse a
+start, and the pre-start backup; then retention once the server is healthy.
+
+Shared by every start (start, run, restart, and the supervisor's restarts): the guide promises a
+backup before each, and a start that fails must never rotate good history out.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import log, process
+from .config import Settings
+from .errors import SparkqError, StartFailed, UsageError
+from .paths import Paths
+
+
+def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settings:
+    """First-run set-up, exposure warning and port check: everything before the backup."""
+    from .backup.history import unshare_pre_restore
+
+    paths = settings.paths
+    if not skip_backup:
+        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
+            settings.backup_keep()
+        except SparkqError as exc:
+            raise _not_started(exc) from None
+    _refuse_unusable_db_over_backups(paths)
+    # The server is about to write the DB: a pre-restore bundle must not share its inode (even
+    # with --skip-backup, which takes no backup that would otherwise do this).
+    unshare_pre_restore(settings)
+    if not paths.db.exists():
+        from .initialize import run_setup
+
+        result = run_setup(settings, locked=True)
+        wrote = f"; wrote {', '.join(result.wrote)}" if result.wrote else ""
+        notices.append(f"first run: created the database {paths.db}{wrote}")
+        log.get().info("first_run_setup", db=str(paths.db), wrote=result.wrote)
+        if paths.config_file.name in result.wrote:
+            from . import config
+
+            settings = config.load(paths.config_file, root=paths.root)
+    exposed = settings.exposure()
+    if exposed:  # said in the result, where it is read; the log keeps a record
+        notices.append(exposed)
+        log.get().info("server_exposed", host=settings.host)
+    if process.port_in_use(settings.host, settings.port):
+        raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
+                          "stop that program or set server.port in sparkq.yml")
+    return settings
+
+
+def _refuse_unusable_db_over_backups(paths: Paths) -> None:
+    """A DB that is missing, empty, not SQLite, or has none of SparkQ's tables, with backups
+    beside it, is an accident (deleted or truncated file, wrong database.path), not a first run:
+    starting would seed an empty DB and back it up as if it were good."""
+    from .backup.catalog import scan
+
+    problem = _db_unusable(paths.db)
+    if problem is None:
+        return
+    try:
+        regular = scan(paths.backup_dir)[0]
+    except (OSError, SparkqError):
+        return
+    if regular:
+        fresh = "run ./sparkq.sh setup" if problem == "is missing" else "move it aside and run ./sparkq.sh setup"
+        raise UsageError(
+            f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
+            f"with ./sparkq.sh backup-restore 1 --db-only, or {fresh} to start empty"
+        )
+
+
+def _db_unusable(db: Path) -> str | None:
+    """Why `db` cannot be a SparkQ database (ours or the original's), or None. Only what is
+    certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""
+    import sqlite3
+
+    from sparkq.storage import TABLES
+
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:
+        return None
+    if not head:
+        return "is empty (0 bytes)"
+    if head != b"SQLite format 3\x00":
+        return "is not a SQLite database"
+    try:
+        # A short wait: a DB held locked is in use by something, and the backup reports that.
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=0.5)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        return "is not a SQLite database" if code == sqlite3.SQLITE_NOTADB else None
+    if not names & set(TABLES):
+        return "has none of SparkQ's tables"
+    return None
+
+
+def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):
+    """(BackupResult or None, its line). Writes nothing when the newest bundle holds this state
+    already, and leaves retention to prune_after_healthy: a start that fails must never push
+    good history out (a crash loop would otherwise rotate every bundle away)."""
+    if skip_backup:
+        log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
+                          hint="no backup of the current state was taken")
+        return None, "backup skipped (--skip-backup)"
+    from .backup.create import create_backup
+
+    log.get().info("pre_start_backup", trigger=trigger)
+    try:
+        result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True,
+                               prune=False, skip_unchanged=True)
+    except SparkqError as exc:
+        raise _not_started(exc) from None
+    return result, result.text() or result.notice
+
+
+def prune_after_healthy(settings: Settings, backup) -> str | None:
+    """Retention for the pre-start backup, now that the server is up; returns its new line."""
+    if backup is None:
+        return None
+    from .backup.create import prune_after
+
+    return prune_after(settings, backup).text()
+
+
+def _not_started(exc: SparkqError) -> SparkqError:
+    """The same error, saying that the server was not started because of it."""
+    exc.args = (f"server not started: the pre-start backup failed: {exc}",)
+    return exc
