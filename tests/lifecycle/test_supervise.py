@@ -218,3 +218,25 @@ def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, crashy, tmp_pa
     runner.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stderr.read()
     wait_until(lambda: not crashy.running(), timeout=10, what="no server left")
+
+
+def test_logs_follow_prints_lines_as_they_are_appended(project):
+    import select
+
+    log = project.root / "sparkq" / "logs" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("older\nold line\n")
+    proc = project.popen(str(SPARKQ_BIN), "logs", "-f", "-n", "1", stdout=subprocess.PIPE, text=True)
+
+    def next_line() -> str:
+        assert select.select([proc.stdout], [], [], 20)[0], "no line within 20 s"
+        return proc.stdout.readline()
+
+    try:
+        assert next_line() == "old line\n"
+        with open(log, "a") as fh:
+            fh.write("new line\n")
+        assert next_line() == "new line\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
