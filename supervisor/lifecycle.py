@@ -234,9 +234,6 @@ def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
 
     # Warnings belong here, where a person reads them (the supervisor logs them to its file).
     read_env_file(settings.paths.env_file)
-    if skip_backup:
-        log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
-                          hint="no backup of the current state was taken")
     child = spawn_detached(settings, trigger=trigger, skip_backup=skip_backup)
     try:
         with sigterm_unwinds():
@@ -251,6 +248,9 @@ def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
         for line in notices:
             print(line, file=sys.stderr)
         raise error
+    if skip_backup and not report.get("already_running"):  # said where it is read, as a direct start did
+        log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
+                          hint="no backup of the current state was taken")
     return StartResult(pid=report["pid"], url=report["url"], already_running=report.get("already_running", False),
                        backup=report.get("backup"), backup_text=report.get("backup_text"), notices=notices,
                        supervisor_pid=None if report.get("already_running") else child.pid)

@@ -187,8 +187,14 @@ def test_run_pings_the_watchdog(project, crashy, tmp_path):
         proc = project.popen(str(SPARKQ_BIN), "run", "--skip-backup", stderr=subprocess.PIPE,
                              env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
         messages = []
-        wait_until(lambda: messages.append(sock.recv(4096).decode()) or messages.count("WATCHDOG=1") >= 3,
-                   timeout=30, what="three watchdog pings")
+
+        def pings_after_ready() -> int:
+            ready = next((i for i, m in enumerate(messages) if m.startswith("READY=1")), None)
+            return 0 if ready is None else messages[ready:].count("WATCHDOG=1")
+
+        # Pings while it serves (they come during the start too, before READY=1).
+        wait_until(lambda: messages.append(sock.recv(4096).decode()) or pings_after_ready() >= 3,
+                   timeout=30, what="three watchdog pings after READY=1")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert any(m.startswith("READY=1") for m in messages)
