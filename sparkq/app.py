@@ -33,7 +33,7 @@ from .checkpointer import Checkpointer
 _MAX_INT = 2**31 - 1  # SQLite stores up to 2**63 - 1; a timeout beyond 68 years is a typo
 Name = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")]
 Text = Annotated[str, Field(max_length=100_000)]
-Status = Literal["queued", "running", "succeeded", "failed"]
+Status = Literal[storage.TASK_STATUSES]  # one list, in storage.py
 
 
 class DatabaseClosed(Exception):

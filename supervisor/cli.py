@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from . import __version__
-from .errors import FAILURE, SparkqError, UsageError
+from .errors import FAILURE, INTERRUPTED, SparkqError, UsageError
 
 app = typer.Typer(
     name="sparkq",
@@ -89,7 +89,7 @@ def setup(
     Safe to run again: existing files and rows are never changed, and a default you deleted is
     not brought back unless you ask with --reseed. Takes no backup.
     """
-    from .setup import run_setup
+    from .initialize import run_setup
 
     _emit(run_setup(_settings(quiet_missing=True), reseed=reseed), as_json)
 
@@ -113,14 +113,36 @@ def run(skip_backup: bool = SkipBackupOpt) -> None:
     SIGTERM and SIGINT are forwarded to the server; the exit status is the server's. With
     NOTIFY_SOCKET set, READY=1 is sent once healthy and STOPPING=1 on shutdown.
     """
-    from .lifecycle import run as do_run
+    from .supervise import run as do_run
 
     _exit(do_run(_settings(), skip_backup=skip_backup))
 
 
+@app.command("_supervise", hidden=True)
+def supervise_detached(
+    trigger: str = typer.Option("start", "--trigger"),
+    skip_backup: bool = SkipBackupOpt,
+) -> None:
+    """The supervisor `start` leaves running (not for people: use start)."""
+    import logging
+    import os
+
+    from . import config, log
+    from .supervise import serve_detached
+
+    settings = config.load(_state["config"])
+    log.setup(settings.paths.supervisor_log, console=False)
+    code = serve_detached(settings, trigger=trigger, skip_backup=skip_backup)
+    # `stop` waits for this process to be gone before it stops the server: skip the interpreter's
+    # slow teardown of everything imported (the log is flushed first).
+    logging.shutdown()
+    os._exit(code)
+
+
 @app.command()
 def stop() -> None:
-    """Stop the server: SIGTERM to its process group, SIGKILL after server.stop_timeout."""
+    """Stop the supervisor, then the server: SIGTERM to its process group, SIGKILL after
+    server.stop_timeout."""
     from .lifecycle import stop as do_stop
 
     _emit(do_stop(_settings(lenient=True)))  # a broken sparkq.yml must not keep a server running
@@ -136,15 +158,30 @@ def restart(skip_backup: bool = SkipBackupOpt) -> None:
 
 @app.command()
 def status(as_json: bool = JsonOpt) -> None:
-    """Show whether the server runs: PID, uptime, URL, health, DB size, newest backup.
+    """Show the state (running, starting, backoff, fatal, stopped, unsupervised), PIDs, restarts,
+    uptime, URL, health, DB size, newest backup.
 
-    Exit status: 0 running, 3 stopped (as `systemctl is-active` and LSB scripts use it).
+    Exit status: 0 running/starting/backoff/unsupervised, 3 stopped/fatal (as `systemctl
+    is-active` and LSB scripts use it).
     """
-    from .lifecycle import status as do_status
+    from .errors import status_exit
+    from .status import status as do_status
 
     result = do_status(_settings(lenient=True))
     _emit(result, as_json)
-    _exit(result.exit_code)
+    _exit(status_exit(result.state))
+
+
+@app.command()
+def logs(
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C ends)."),
+    lines: int = typer.Option(20, "-n", "--lines", min=0, help="How many of the last lines."),
+    supervisor: bool = typer.Option(False, "--supervisor", help="The supervisor's events instead."),
+) -> None:
+    """Print the last lines of the server log (or the supervisor's events), like `tail [-f]`."""
+    from .logs import show
+
+    show(_settings(lenient=True), lines=lines, follow=follow, supervisor=supervisor)
 
 
 @app.command("systemd-unit")
@@ -373,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("\nsparkq: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a message
         if _state["debug"]:
             raise
@@ -390,7 +427,7 @@ def _no_shared_writes() -> None:
     os.umask(current | 0o022)
 
 
-def _unexpected(exc: Exception) -> None:
+def _unexpected(exc: Exception) -> int:
     from . import log
     from .paths import Paths
 

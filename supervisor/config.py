@@ -14,6 +14,7 @@ from typing import Any
 
 from sparkq.settings import WILDCARD_HOSTS  # the server's list: what it warns about, we warn about
 
+from . import log
 from .errors import ConfigError
 from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
 
@@ -29,6 +30,12 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "server.health_url": ((str,), "/health", "a URL path such as /health"),
     "server.start_timeout": ((int, float), 30, "a number of seconds > 0"),
     "server.stop_timeout": ((int, float), 10, "a number of seconds > 0"),
+    "server.restart": ((str,), "on-failure", "one of on-failure, always, never"),
+    "server.backoff_max": ((int, float), 60, "a number of seconds > 0"),
+    "server.start_retries": ((int,), 5, "a whole number >= 1"),
+    "server.retry_window": ((int, float), 600, "a number of seconds > 0"),
+    "server.health_interval": ((int, float), 10, "a number of seconds >= 0 (0 turns the checks off)"),
+    "server.health_failures": ((int,), 3, "a whole number >= 1"),
     "database.path": ((str,), DEFAULT_DB, "a file path"),
     "backup.dir": ((str,), DEFAULT_BACKUP_DIR, "a folder path"),
     "backup.keep": ((int,), 7, "a whole number >= 1"),
@@ -40,6 +47,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "offsite.keep": ((dict, type(None)), None, "a mapping of last/daily/weekly/monthly to whole numbers >= 1"),
 }
 OFFSITE_KEEP_KINDS = ("last", "daily", "weekly", "monthly")
+RESTART_POLICIES = ("on-failure", "always", "never")
 # Sections the server owns; the supervisor passes them through unchecked.
 _FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features", "sparkq"}
 # Top-level keys the original SparkQ writes into its sparkq.yml (see ORIGINAL.md): a restored
@@ -58,8 +66,7 @@ class Settings:
     warnings: list[str] = field(default_factory=list)
     notice: str | None = None  # set when lenient loading fell back to defaults
 
-    def get(self, key: str) -> Any:
-        return self.values[key]
+    # One typed property per key: code outside this module never spells a key as a string.
 
     @property
     def host(self) -> str:
@@ -68,6 +75,66 @@ class Settings:
     @property
     def port(self) -> int:
         return self.values["server.port"]
+
+    @property
+    def command(self) -> list[str] | None:
+        """server.command: the argv to run instead of the bundled server."""
+        command = self.values["server.command"]
+        return list(command) if command else None
+
+    @property
+    def start_timeout(self) -> float:
+        return float(self.values["server.start_timeout"])
+
+    @property
+    def stop_timeout(self) -> float:
+        return float(self.values["server.stop_timeout"])
+
+    @property
+    def restart(self) -> str:
+        """server.restart: on-failure, always or never (see supervise.py)."""
+        return self.values["server.restart"]
+
+    @property
+    def backoff_max(self) -> float:
+        return float(self.values["server.backoff_max"])
+
+    @property
+    def start_retries(self) -> int:
+        return self.values["server.start_retries"]
+
+    @property
+    def retry_window(self) -> float:
+        return float(self.values["server.retry_window"])
+
+    @property
+    def health_interval(self) -> float:
+        return float(self.values["server.health_interval"])
+
+    @property
+    def health_failures(self) -> int:
+        return self.values["server.health_failures"]
+
+    @property
+    def lock_timeout(self) -> float:
+        return float(self.values["backup.lock_timeout"])
+
+    @property
+    def offsite_repository(self) -> str | None:
+        """offsite.repository (backup/offsite.py); None: off-site copies are off."""
+        return self.values["offsite.repository"]
+
+    @property
+    def offsite_password_file(self) -> str | None:
+        return self.values["offsite.password_file"]
+
+    @property
+    def offsite_env_file(self) -> str | None:
+        return self.values["offsite.env_file"]
+
+    @property
+    def offsite_keep(self) -> dict | None:
+        return self.values["offsite.keep"]
 
     @property
     def base_url(self) -> str:
@@ -89,8 +156,12 @@ class Settings:
 
     @property
     def health_url(self) -> str:
+        return self.health_url_for(self.base_url)
+
+    def health_url_for(self, base_url: str) -> str:
+        """server.health_url against `base_url` (a running server's may differ from ours)."""
         url = self.values["server.health_url"]
-        return url if url.startswith("http") else self.base_url + url
+        return url if url.startswith("http") else base_url.rstrip("/") + url
 
     def backup_keep(self) -> int:
         """Retention count: `SPARKQ_BACKUP_KEEP` wins over `backup.keep`."""
@@ -273,8 +344,14 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if ok and dotted == "server.port":
         ok = 1 <= value <= 65535
-    elif ok and dotted == "backup.keep":
+    elif ok and dotted in ("backup.keep", "server.start_retries", "server.health_failures"):
         ok = value >= 1
+    elif ok and dotted == "server.restart":
+        ok = value in RESTART_POLICIES
+    elif ok and dotted == "server.health_interval":
+        ok = value >= 0
+    elif ok and dotted in ("server.backoff_max", "server.retry_window"):
+        ok = value > 0
     elif ok and dotted.endswith("_timeout"):
         ok = value > 0
     elif ok and dotted == "offsite.keep" and value is not None:
@@ -289,3 +366,62 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
 
 def _kind(value: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+# --- .env ------------------------------------------------------------------------------------
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parse a `.env` file: KEY=VALUE lines, `#` comments, optional `export `, optional quotes.
+
+    Lines that are not UTF-8 or not KEY=VALUE are skipped with one warning naming their line
+    numbers only; values are never logged.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        log.get().warning("env_file_unreadable", path=str(path), error=exc.strerror)
+        return {}
+    result: dict[str, str] = {}
+    bad: list[int] = []
+    for number, raw_line in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw_line.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            bad.append(number)
+            continue
+        if not line or line.startswith("#"):
+            continue
+        parsed = _env_line(line)
+        if parsed is None:
+            bad.append(number)
+        else:
+            result[parsed[0]] = parsed[1]
+    if bad:
+        log.get().warning("env_file_lines_skipped", path=str(path), lines=bad,
+                          hint="each line must be KEY=VALUE in UTF-8")
+    return result
+
+
+def _env_line(line: str) -> tuple[str, str] | None:
+    if line.startswith("export "):
+        line = line[len("export "):].lstrip()
+    key, sep, value = line.partition("=")
+    key = key.strip()
+    if not sep or not key or not (key[0].isalpha() or key[0] == "_") or not all(
+        c.isalnum() or c == "_" for c in key
+    ) or not key.isascii():
+        return None
+    value = value.strip()
+    if value and value[0] in "\"'":
+        close = value.find(value[0], 1)
+        rest = value[close + 1:].strip() if close > 0 else ""
+        if close < 0 or (rest and not rest.startswith("#")):
+            return None  # an opening quote never closed, or text after the closing one
+        value = value[1:close]
+    else:
+        value = value.split(" #", 1)[0].rstrip()
+    return key, value
+

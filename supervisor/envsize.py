@@ -16,7 +16,7 @@ MAX_ARG_STRLEN = 32 * 4096  # Linux: one string, its terminating NUL included
 
 
 def explain_e2big(argv: list[str], env: dict[str, str], env_file: Path) -> str:
-    from .process import read_env_file
+    from .config import read_env_file
 
     from_file = set(read_env_file(env_file)) - set(os.environ)
 

@@ -13,6 +13,18 @@ NOT_RUNNING = 3  # `status` only, as LSB init scripts and `systemctl is-active` 
 NOT_FOUND = 4
 VERIFY_FAILED = 5
 IN_USE = 6
+INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
+def status_exit(state: str) -> int:
+    """`status`: 0 while the server runs or is being brought back, 3 when it is stopped or the
+    supervisor gave up (fatal)."""
+    return NOT_RUNNING if state in ("stopped", "fatal") else OK
+
+
+def exit_status(returncode: int) -> int:
+    """A child's Popen return code as a shell reports it: killed by signal N -> 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 class SparkqError(Exception):
@@ -56,7 +68,7 @@ class BackupDiskFull(BackupFailed):
 class Interrupted(SparkqError):
     """Ctrl-C or SIGTERM stopped an operation that then put back what it had changed."""
 
-    exit_code = 130  # 128 + SIGINT, as shells report it
+    exit_code = INTERRUPTED
 
 
 class OffsiteFailed(SparkqError):

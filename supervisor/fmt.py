@@ -10,10 +10,12 @@ def human_size(n: int) -> str:
     if n < 1024:
         return f"{n}B"
     value = n / 1024
-    for unit in "KMGTP":
-        if value < 10 and math.ceil(value * 10) < 100:
-            return f"{math.ceil(value * 10) / 10:.1f}{unit}"
-        if math.ceil(value) < 1024 or unit == "P":
-            return f"{math.ceil(value)}{unit}"
+    for unit in "KMGT":
+        if math.ceil(value) < 1024:
+            break
         value /= 1024
-    return f"{n}B"  # not reached
+    else:
+        unit = "P"  # and beyond: the number grows instead
+    if value < 10 and math.ceil(value * 10) < 100:
+        return f"{math.ceil(value * 10) / 10:.1f}{unit}"
+    return f"{math.ceil(value)}{unit}"

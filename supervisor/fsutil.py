@@ -61,6 +61,8 @@ def remove_stale_temps(target: Path) -> None:
     still runs keeps its file. Without this, each crash while restoring the database would leave
     a hidden full-size copy of it beside the live one for good.
     """
+    from .process import alive
+
     try:
         names = os.listdir(target.parent)
     except OSError:
@@ -69,7 +71,7 @@ def remove_stale_temps(target: Path) -> None:
         temp = temp_of(name)
         if temp is None or temp[0] != target.name:
             continue
-        if temp[1] != os.getpid() and not pid_alive(temp[1]):
+        if temp[1] != os.getpid() and not alive(temp[1]):
             remove_entry(target.parent / name)
 
 
@@ -82,21 +84,6 @@ def remove_entry(path: Path) -> None:
             os.unlink(path)
     except OSError:
         pass
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this PID exists (a PID we may not signal counts as alive)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):
-        return False
-    return True
 
 
 def sha256_file(path: Path) -> str:

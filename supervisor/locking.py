@@ -124,14 +124,14 @@ def lock_holders(fd: int) -> list[int]:
 
 
 def _owner_from_file(fd: int) -> list[int]:
-    from .fsutil import pid_alive
+    from .process import alive
 
     try:
         head = os.pread(fd, 64, 0).split(maxsplit=1)
         pid = int(head[0]) if head else 0
     except (OSError, ValueError):
         return []
-    return [pid] if pid != os.getpid() and pid_alive(pid) else []
+    return [pid] if pid != os.getpid() and alive(pid) else []
 
 
 def command_line(pid: int, limit: int = 80) -> str | None:

@@ -17,15 +17,15 @@ _pending: dict | None = None
 _configured = False
 
 
-def setup(log_file: Path | None = None, *, verbose: bool = False) -> None:
+def setup(log_file: Path | None = None, *, verbose: bool = False, console: bool = True) -> None:
     """Remember where to log; structlog is imported and configured on the first event only, so
     commands that log nothing (status, backup-list) do not pay for it."""
     global _pending
     if _pending is None:
-        _pending = {"log_file": log_file, "verbose": verbose}
+        _pending = {"log_file": log_file, "verbose": verbose, "console": console}
 
 
-def _configure(log_file: Path | None, verbose: bool) -> None:
+def _configure(log_file: Path | None, verbose: bool, console_on: bool = True) -> None:
     import logging
 
     import structlog
@@ -56,7 +56,8 @@ def _configure(log_file: Path | None, verbose: bool) -> None:
             foreign_pre_chain=shared,
         )
     )
-    root.addHandler(console)
+    if console_on:  # off in the detached supervisor, whose stderr is the log file itself
+        root.addHandler(console)
 
     if log_file is not None:
         try:
@@ -102,7 +103,7 @@ def get(name: str = "sparkq"):
         # Someone else (a test's capture_logs, an embedding program) configured it: keep theirs.
         if not structlog.is_configured():
             settings = _pending or {"log_file": None, "verbose": False}
-            _configure(settings["log_file"], settings["verbose"])
+            _configure(settings["log_file"], settings["verbose"], settings.get("console", True))
 
     return structlog.get_logger(name)
 

@@ -50,6 +50,11 @@ class Paths:
         return self.data_dir / f"{self._stem}.pid"
 
     @property
+    def supervisor_state(self) -> Path:
+        """What the resident supervisor is doing (supervise.py writes it, status reads it)."""
+        return self.data_dir / f"{self._stem}.supervisor.json"
+
+    @property
     def lockfile(self) -> Path:
         return self.data_dir / f"{self._stem}.lock"
 

@@ -67,8 +67,8 @@ def render_unit(settings, user: bool = False) -> str:
         env.append("SPARKQ_CONFIG=" + str(paths.config_file.resolve()))
     env_lines = "".join(f"Environment={_escape(item)}\n" for item in env)
 
-    stop_timeout = float(settings.get("server.stop_timeout"))
-    start_timeout = float(settings.get("server.start_timeout"))
+    stop_timeout = settings.stop_timeout
+    start_timeout = settings.start_timeout
     # PrivateTmp= mounts an empty /tmp: an install under /tmp would vanish from the service's view.
     in_tmp = any(_within(where, Path(t)) for t in ("/tmp", "/var/tmp") for where in (root, code))
     values = {
@@ -83,6 +83,8 @@ def render_unit(settings, user: bool = False) -> str:
         "@TIMEOUT_STOP_SEC@": str(int(max(30, stop_timeout + 20))),
         # the first run may install .venv; `run` extends this while the pre-start backup runs.
         "@TIMEOUT_START_SEC@": str(int(max(600, start_timeout + 120))),
+        # `run` pings from its loop; the longest the loop blocks is a stop escalating to SIGKILL.
+        "@WATCHDOG_SEC@": str(int(max(30, 2 * (stop_timeout + 10)))),
     }
     # The template's own header says how to render it; the rendered unit says where it came from.
     body = text[text.index("[Unit]"):]

@@ -123,7 +123,15 @@ class Reaper:
         import json
 
         try:
-            self.pids.add(int(json.loads(pidfile.read_text())["pid"]))
+            data = json.loads(pidfile.read_text())
+            self.pids.add(int(data["pid"]))
+            if data.get("supervisor_pid"):
+                self.pids.add(int(data["supervisor_pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:  # a supervisor between two servers (backoff, fatal) is named only in its state file
+            state = pidfile.with_name(pidfile.stem + ".supervisor.json")
+            self.pids.add(int(json.loads(state.read_text())["supervisor_pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             pass
 

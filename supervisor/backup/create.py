@@ -254,7 +254,7 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     has_db = paths.db.exists()
     if has_db:
         if not (link_db and snapshot.link_quiescent(paths.db, db)):
-            snapshot.take(paths.db, db, timeout=float(settings.get("backup.lock_timeout")), progress=progress)
+            snapshot.take(paths.db, db, timeout=settings.lock_timeout, progress=progress)
         files.append(DB_NAME)
     snapshot_sha = None
     if has_db and baseline is not None:

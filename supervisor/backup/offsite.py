@@ -42,18 +42,18 @@ FETCH_PREFIX = ".offsite-fetch-"
 def target_of(settings) -> restic.Target:
     """The configured repository, password file and backend credentials, checked."""
     base = settings.paths.config_file.parent
-    repo = settings.get("offsite.repository") or os.environ.get("RESTIC_REPOSITORY")
+    repo = settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY")
     if not repo:
         raise UsageError("off-site copies are not configured; add an `offsite:` section with repository and "
                          "password_file to sparkq.yml (see docs/BACKUP.md, Off-site copies)")
-    pw = settings.get("offsite.password_file") or os.environ.get("RESTIC_PASSWORD_FILE")
+    pw = settings.offsite_password_file or os.environ.get("RESTIC_PASSWORD_FILE")
     if not pw:
         raise ConfigError("offsite.password_file is not set (nor RESTIC_PASSWORD_FILE); point it at a file that "
                           "holds the repository password, mode 600")
     password_file = _private_file(base, pw, "offsite.password_file", "the repository password")
     env: dict[str, str] = {}
-    if settings.get("offsite.env_file"):
-        env = _read_env(_private_file(base, settings.get("offsite.env_file"), "offsite.env_file",
+    if settings.offsite_env_file:
+        env = _read_env(_private_file(base, settings.offsite_env_file, "offsite.env_file",
                                       "backend credentials"))
     if repo[0] not in "/~" and ":" not in repo.split("/")[0]:
         repo = str(base / repo)  # a relative local path: relative to sparkq.yml, as our other paths
@@ -90,7 +90,7 @@ def _read_env(path: Path) -> dict[str, str]:
 
 
 def keep_policy(settings) -> dict[str, int]:
-    return {**KEEP_DEFAULT, **(settings.get("offsite.keep") or {})}
+    return {**KEEP_DEFAULT, **(settings.offsite_keep or {})}
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ FORGET_EVERY_S = 24 * 3600.0  # `forget --prune` at most daily: pruning rewrites
 
 def configured(settings) -> bool:
     """Off-site copies are on when a repository is set in sparkq.yml or RESTIC_REPOSITORY."""
-    return bool(settings.get("offsite.repository") or os.environ.get("RESTIC_REPOSITORY"))
+    return bool(settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY"))
 
 
 def state_file(paths) -> Path:

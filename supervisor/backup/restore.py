@@ -220,12 +220,18 @@ def _prepare(settings, ref: str, scope: str, tables: list[str] | None):
 
 
 def _refuse_if_in_use(paths, steps: list[Step]) -> None:
-    from .. import process
+    from .. import pidfile
     from ..locking import describe_pid
 
-    info = process.server_alive(paths)
+    from ..runstate import live_supervisor
+
+    info = pidfile.identify(paths)[0]
     if info is not None:
         raise InUse(f"the server is running (PID {info.pid}); stop it first: ./sparkq.sh stop")
+    supervisor = live_supervisor(paths)
+    if supervisor is not None:  # in backoff it would start a server in the middle of the swap
+        raise InUse(f"a supervisor (PID {supervisor.supervisor_pid}, {supervisor.state}) would start the server "
+                    "during the restore; stop it first: ./sparkq.sh stop")
     dbs = dict.fromkeys([real(paths.db)] + [s.target for s in steps if s.kind == "db"])
     for db in dbs:
         holder = db_holder(db)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import log
 from ..errors import SparkqError, UsageError
-from ..fsutil import pid_alive
+from ..process import alive
 from ..locking import file_lock
 from .layout import JOURNAL, SHM, WAL, sidecar, temp_entry, temp_of
 
@@ -116,6 +116,6 @@ def _remove_stale_temps(backup_dir: Path) -> None:
     form, layout.py)."""
     for item in os.scandir(backup_dir):
         temp = temp_of(item.name)
-        if temp and item.is_dir(follow_symlinks=False) and not pid_alive(temp[1]):
+        if temp and item.is_dir(follow_symlinks=False) and not alive(temp[1]):
             shutil.rmtree(item.path, ignore_errors=True)
             log.get().info("backup_temp_removed", name=item.name)

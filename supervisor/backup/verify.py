@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import VerificationFailed
+from ..errors import OK, VerificationFailed
 from ..fsutil import sha256_file
 from .catalog import Entry, resolve, scan
 from .dbfiles import open_backup_db
@@ -148,7 +148,7 @@ class VerifyReport:
 
     @property
     def exit_code(self) -> int:
-        return VerificationFailed.exit_code if self.failed else 0
+        return VerificationFailed.exit_code if self.failed else OK
 
     def to_dict(self) -> dict:
         return {"results": self.results, "checked": self.checked, "failed": self.failed}

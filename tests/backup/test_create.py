@@ -27,7 +27,7 @@ from supervisor.backup.catalog import scan
 from supervisor.backup.layout import PRE_RESTORE_PREFIX, TEMPLATE_FILES
 from supervisor.fsutil import sha256_file
 from supervisor.errors import BackupFailed, ConfigError, UsageError
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 EXPORT_FILES = {spec[0] for spec in exports.EXPORTS.values()}
 TEMPLATES = {f"setup_templates/{t}" for t in TEMPLATE_FILES}

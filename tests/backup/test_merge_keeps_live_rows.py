@@ -19,7 +19,7 @@ import pytest
 
 from supervisor import config
 from supervisor.backup import create, restore
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 
 def _settings():

@@ -34,7 +34,7 @@ def _settings():
 
 
 def _setup(project) -> None:
-    from supervisor.setup import run_setup
+    from supervisor.initialize import run_setup
 
     run_setup(_settings())
 

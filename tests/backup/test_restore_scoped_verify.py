@@ -103,7 +103,7 @@ def test_a_changed_member_is_still_caught_by_its_checksum(project):
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "'::'", "''"])
 def test_plan_warns_about_a_wildcard_host_before_asking(project, seed_db, host):
-    from supervisor.setup import run_setup
+    from supervisor.initialize import run_setup
 
     run_setup(config.load(lenient=True))
     name = _damaged_original_bundle(project, seed_db, host=host)

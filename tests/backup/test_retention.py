@@ -15,7 +15,7 @@ from supervisor.backup import create, retention
 from supervisor.backup.catalog import scan
 from supervisor.backup.layout import PRE_RESTORE_PREFIX
 from supervisor.errors import UsageError
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 _REAL_NOW = create._now
 

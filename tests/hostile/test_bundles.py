@@ -16,7 +16,7 @@ import pytest
 
 from helpers import T0, live_state, make_bundle, make_legacy, sha256, stamp
 from supervisor import config
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 OUTSIDE_MARKER = "OUTSIDE-MARKER-never-read"
 

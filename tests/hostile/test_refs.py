@@ -9,7 +9,7 @@ import pytest
 
 from helpers import T0, live_state, make_bundle, one_line_error, stamp
 from supervisor import config
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 NEWEST = f"sparkq_{stamp(T0)}"
 

@@ -1,6 +1,6 @@
 """issue 11.11, second shape: a server that answers first and forks into the background later.
-`status` must not call it stopped without a word, `start` must not start a second one over it,
-and `stop` stops what it left."""
+Since issue 14 its supervisor notices the exit and stops what it left at once (the case of a
+server that exits leaving processes with no supervisor around is in test_daemonizing_server)."""
 
 from __future__ import annotations
 
@@ -58,26 +58,20 @@ def test_a_server_that_forks_away_after_answering_is_reported_and_stopped(projec
 
     started = project.cli("start", "--skip-backup")
     assert started.returncode == 0, started.stderr
-    first = json.loads(project.pidfile.read_text())["pid"]
-    wait_until(lambda: any(pid != first for pid in _pids(script)) and not psutil.pid_exists(first)
-               or _zombie(first), what="the server to fork away")
-    for pid in _pids(script):
-        project.reaper.add(pid)
-    assert listening(project.port)
-
-    status = project.cli("status")
-    assert status.returncode == 3
-    assert "left PID" in status.stdout and "./sparkq.sh stop" in status.stdout, status.stdout
-
-    again = project.cli("start", "--skip-backup")
-    assert again.returncode != 0 and "left PID" in again.stderr, (again.stdout, again.stderr)
-
-    stopped = project.cli("stop")
-    assert stopped.returncode == 0, stopped.stderr
-    assert "stopped them" in stopped.stdout, stopped.stdout
+    project.reaper.adopt_pidfile(project.pidfile)
+    # Its supervisor sees the server it started exit, finds the copy by the spawn's token and
+    # stops it: nothing serves unsupervised, and status says stopped.
+    wait_until(lambda: _events(project, "server_leftovers_stopped"), timeout=30, what="the copy stopped")
     wait_until(lambda: not _pids(script), what="the forked server to be gone")
     assert not listening(project.port) and not project.pidfile.exists()
-    assert project.cli("status").stdout.startswith("stopped")
+    status = wait_until(lambda: (st := project.cli("status")).returncode == 3 and st, what="the supervisor gone")
+    assert status.stdout.startswith("stopped"), status.stdout
+    assert "status 0" in status.stdout  # its last exit
+
+
+def _events(project, name: str) -> list:
+    log = project.root / "sparkq" / "logs" / "supervisor.log"
+    return [line for line in log.read_text().splitlines() if f'"event": "{name}"' in line]
 
 
 def _zombie(pid: int) -> bool:

@@ -11,7 +11,7 @@ import psutil
 from helpers import SPARKQ_BIN, wait_until
 from supervisor import config
 from supervisor.locking import file_lock
-from supervisor.setup import run_setup
+from supervisor.initialize import run_setup
 
 
 def test_start_refuses_to_seed_a_fresh_db_over_existing_backups(project, fake):

@@ -64,9 +64,11 @@ def test_status_json_keys_when_stopped(project, fake):
     result = project.cli("status", "--json")
     assert result.returncode == 3
     data = json.loads(result.stdout)
-    assert set(data) == {"running", "pid", "started_at", "uptime_s", "url", "health", "db_path", "db_size",
+    assert set(data) == {"running", "state", "pid", "supervisor_pid", "restarts", "last_exit", "next_retry_in_s",
+                         "reason", "started_at", "uptime_s", "url", "health", "db_path", "db_size",
                          "newest_backup", "newest_backup_age_s", "notice", "warnings"}
-    assert data["running"] is False and data["pid"] is None
+    assert data["running"] is False and data["pid"] is None and data["state"] == "stopped"
+    assert data["health"]["ok"] is False  # always an object
 
 
 def test_start_twice_gives_one_server(project, fake):
@@ -93,7 +95,9 @@ def test_five_concurrent_starts_give_one_server(project, fake):
 
 def test_kill_9_then_status_cleans_stale_pidfile_then_start_works(project, fake):
     assert project.cli("start", "--skip-backup").returncode == 0
-    pid = _pidfile(project)["pid"]
+    pid, supervisor = _pidfile(project)["pid"], _pidfile(project)["supervisor_pid"]
+    os.kill(supervisor, signal.SIGKILL)  # first: a supervisor would clean up (and restart) itself
+    wait_until(lambda: fake.gone(supervisor), what="supervisor gone after SIGKILL")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: fake.gone(pid), what="server gone after SIGKILL")
 
@@ -139,7 +143,7 @@ def test_stop_kills_a_server_that_ignores_sigterm(project, fake):
     took = time.monotonic() - began
     assert stopped.returncode == 0, stopped.stderr
     assert "SIGKILL" in stopped.stdout
-    assert 2 <= took < 2 + 2
+    assert 2 <= took < 2 + 4  # with the supervisor asked to leave first
     assert fake.gone(pid) and fake.gone(helper)  # the whole group
     assert not project.pidfile.exists()
 

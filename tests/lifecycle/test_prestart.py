@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from supervisor import config, lifecycle, process
 from supervisor.errors import BackupFailed
+from supervisor.locking import file_lock
 
 
 class _Result:
@@ -71,21 +72,26 @@ def _adopt(project):
     project.reaper.adopt_pidfile(project.pidfile)
 
 
+def _launch(settings, trigger: str = "start", **options):
+    """The one start path, in-process: `start` runs it in the supervisor it leaves running."""
+    with file_lock(settings.paths.lockfile):
+        return lifecycle.launch(settings, trigger=trigger, mode="start", **options)
+
+
 def test_backup_runs_locked_before_the_spawn_and_not_when_running(project, fake, hook):
     settings = _settings(project)
-    result = lifecycle.start(settings)
+    launched = _launch(settings)
     _adopt(project)
     assert hook.calls == [{"trigger": "start", "locked": True, "pidfile": False, "port_busy": False,
                            "servers": []}]
-    assert "backup taken (start)" in result.text() and result.backup == {"trigger": "start"}
+    assert launched.backup_text == "backup taken (start)" and launched.backup.to_dict() == {"trigger": "start"}
+    assert lifecycle.running(settings, []) is not None and len(hook.calls) == 1
 
-    again = lifecycle.start(settings)
-    assert again.already_running and len(hook.calls) == 1
-
-    old = json.loads(project.pidfile.read_text())["pid"]
-    restarted = lifecycle.restart(settings)
+    old = launched.info.pid
+    assert lifecycle.stop(settings).pid == old
+    again = _launch(settings, "restart")
     _adopt(project)
-    assert restarted.stopped_pid == old and restarted.pid != old
+    assert again.info.pid != old
     assert hook.calls[1] == {"trigger": "restart", "locked": True, "pidfile": False, "port_busy": False,
                              "servers": []}
     assert lifecycle.stop(settings).was_running
@@ -94,26 +100,26 @@ def test_backup_runs_locked_before_the_spawn_and_not_when_running(project, fake,
 def test_failed_backup_means_no_server(project, fake, hook):
     hook.fail = True
     with pytest.raises(BackupFailed, match="pre-start backup failed: disk full"):
-        lifecycle.start(_settings(project))
+        _launch(_settings(project))
     assert fake.spawn_count() == 0 and not project.pidfile.exists()
 
 
 def test_skip_backup_warns_and_starts(project, fake, hook):
     with capture_logs() as events:
-        result = lifecycle.start(_settings(project), skip_backup=True)
+        launched = _launch(_settings(project), skip_backup=True)
     _adopt(project)
     assert hook.calls == []
     assert any(e["event"] == "pre_start_backup_skipped" and e["log_level"] == "warning" for e in events)
-    assert "backup skipped" in result.text()
+    assert launched.backup_text == "backup skipped (--skip-backup)"
     lifecycle.stop(_settings(project))
 
 
 def test_first_run_sets_up_then_backs_up_then_starts(project, fake, hook):
     for leftover in project.db.parent.glob("sparkq.db*"):
         leftover.unlink()
-    result = lifecycle.start(_settings(project))
+    launched = _launch(_settings(project))
     _adopt(project)
     assert project.db.exists() and (project.root / ".env").exists()
-    assert any(n.startswith("first run:") for n in result.notices)
+    assert any(n.startswith("first run:") for n in launched.notices)
     assert [c["trigger"] for c in hook.calls] == ["start"]
     lifecycle.stop(_settings(project))

@@ -1,4 +1,4 @@
-"""supervisor.process: pidfile identity, .env parsing, ports, log tails."""
+"""supervisor.pidfile identity, supervisor.process (ports, log tails), .env parsing, exit statuses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 import psutil
 from structlog.testing import capture_logs
 
-from supervisor import config, process
+from supervisor import config, pidfile, process
+from supervisor.config import read_env_file
+from supervisor.errors import exit_status
 
 
 def _paths(project):
@@ -23,7 +25,7 @@ def _write(project, **data) -> None:
 
 
 def test_no_pidfile_is_simply_not_running(project):
-    assert process.identify(_paths(project)) == (None, None)
+    assert pidfile.identify(_paths(project)) == (None, None)
 
 
 def _session_leader(project):
@@ -36,7 +38,7 @@ def test_own_process_with_its_identity_is_alive(project):
     child, proc = _session_leader(project)
     _write(project, pid=child.pid, create_time=proc.create_time(), argv=proc.cmdline(), host="127.0.0.1",
            port=project.port, started_at="x", url=project.url)
-    info = process.server_alive(_paths(project))
+    info = pidfile.identify(_paths(project))[0]
     assert info is not None and info.pid == child.pid
     assert project.pidfile.exists()
 
@@ -48,14 +50,14 @@ def test_identity_survives_exec(project):
     _write(project, pid=child.pid, create_time=proc.create_time(), argv=["/usr/bin/env", "python3", "x.py"],
            cmdline=["/usr/bin/env", "python3", "x.py"], host="127.0.0.1", port=project.port,
            started_at="x", url=project.url)
-    assert process.server_alive(_paths(project)) is not None
+    assert pidfile.identify(_paths(project))[0] is not None
 
 
 def test_a_live_process_that_does_not_lead_its_session_is_not_ours(project):
     me = psutil.Process()
     _write(project, pid=me.pid, create_time=me.create_time(), argv=me.cmdline(), host="127.0.0.1",
            port=project.port, started_at="x", url=project.url)
-    info, notice = process.identify(_paths(project))
+    info, notice = pidfile.identify(_paths(project))
     assert info is None and "not a server we started" in notice
     assert not project.pidfile.exists()
 
@@ -71,23 +73,23 @@ def test_stale_pidfiles_are_reported_once_and_removed(project):
         project.pidfile.parent.mkdir(parents=True, exist_ok=True)
         project.pidfile.write_text("garbage" if data is None else json.dumps(data))
         with capture_logs() as events:
-            info, notice = process.identify(_paths(project))
+            info, notice = pidfile.identify(_paths(project))
         assert info is None and notice and "stale pidfile" in notice, label
         assert [e["event"] for e in events] == ["stale_pidfile_removed"], label
         assert not project.pidfile.exists(), label
-        assert process.identify(_paths(project)) == (None, None), label
+        assert pidfile.identify(_paths(project)) == (None, None), label
 
 
 def test_pidfile_is_written_atomically_and_not_world_writable(project):
     paths = _paths(project)
-    info = process.PidInfo(pid=1, create_time=2.0, argv=["a"], host="h", port=3, started_at="s", url="u")
-    process.write_pidfile(paths, info)
+    info = pidfile.PidInfo(pid=1, create_time=2.0, argv=["a"], host="h", port=3, started_at="s", url="u")
+    pidfile.write_pidfile(paths, info)
     assert json.loads(paths.pidfile.read_text())["create_time"] == 2.0
     assert paths.pidfile.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in paths.pidfile.parent.iterdir()] == ["sparkq.pid"]
-    process.remove_pidfile(paths, pid=99)  # names another process: left alone
+    pidfile.remove_pidfile(paths, pid=99)  # names another process: left alone
     assert paths.pidfile.exists()
-    process.remove_pidfile(paths, pid=1)
+    pidfile.remove_pidfile(paths, pid=1)
     assert not paths.pidfile.exists()
 
 
@@ -99,12 +101,12 @@ def test_env_file_parsing(tmp_path):
         b"L=\"x y\" # a comment after the quotes\nM='a' junk\n"
     )
     with capture_logs() as events:
-        parsed = process.read_env_file(env)
+        parsed = read_env_file(env)
     assert parsed == {"A": "1", "B": "two words", "C": "quoted # not a comment", "D": "single",
                       "E": "value", "F": "", "K": "last", "L": "x y"}
     assert len(events) == 1 and events[0]["lines"] == [9, 10, 11, 12, 13, 16]
     assert "unclosed" not in repr(events) and "nokey" not in repr(events)
-    assert process.read_env_file(tmp_path / "missing") == {}
+    assert read_env_file(tmp_path / "missing") == {}
 
 
 def test_child_env_real_environment_wins_and_no_notify_socket(project, monkeypatch):
@@ -114,7 +116,8 @@ def test_child_env_real_environment_wins_and_no_notify_socket(project, monkeypat
     env = process.child_env(config.load(root=project.root))
     assert env["FROM_FILE"] == "file" and env["BOTH"] == "real"
     assert "NOTIFY_SOCKET" not in env
-    assert env["SPARKQ_ROOT"] == str(project.root) and env["SPARKQ_PORT"] == str(project.port)
+    assert env["SPARKQ_ROOT"] == str(project.root) and env["SPARKQ_CONFIG"] == str(project.root / "sparkq.yml")
+    assert "SPARKQ_PORT" not in env  # host, port and database reach the server as flags
 
 
 def test_bundled_server_argv(project):
@@ -147,8 +150,8 @@ def test_log_tail_starts_at_offset(tmp_path):
 
 
 def test_exit_status_mapping():
-    assert process.to_exit_status(0) == 0 and process.to_exit_status(7) == 7
-    assert process.to_exit_status(-15) == 143 and process.to_exit_status(-9) == 137
+    assert exit_status(0) == 0 and exit_status(7) == 7
+    assert exit_status(-15) == 143 and exit_status(-9) == 137
 
 
 def test_probe_health_reports_refusal(project):

@@ -17,7 +17,9 @@ def test_defaults_when_sections_missing(project):
     s = load(project, "server:\n  port: 6001\n")
     assert s.port == 6001
     assert s.host == "127.0.0.1"
-    assert s.get("server.stop_timeout") == 10
+    assert s.stop_timeout == 10 and s.start_timeout == 30 and s.command is None
+    assert (s.restart, s.backoff_max, s.start_retries, s.retry_window) == ("on-failure", 60, 5, 600)
+    assert (s.health_interval, s.health_failures) == (10, 3)
     assert s.paths.db == project.root / "sparkq/data/sparkq.db"
     assert s.paths.backup_dir == project.root / "sparkq/data/backups"
     assert s.backup_keep() == 7
@@ -91,3 +93,10 @@ def test_keep_env_wins_over_file(project, monkeypatch):
     assert s.backup_keep() == 3
     monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "14")
     assert s.backup_keep() == 14
+
+
+@pytest.mark.parametrize("line", ["restart: sometimes", "start_retries: 0", "health_interval: -1",
+                                  "backoff_max: 0", "health_failures: 0", "retry_window: 0"])
+def test_supervision_keys_are_validated(project, line):
+    with pytest.raises(ConfigError, match=line.split(":")[0]):
+        load(project, f"server:\n  {line}\n")

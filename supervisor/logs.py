@@ -1,0 +1,66 @@
+"""`logs`: the last lines of the server log, or the supervisor's events as readable lines; with
+`follow`, new lines as they come (like `tail -f`, across a rotation of the file)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import Settings
+from .process import log_tail
+
+
+def show(settings: Settings, *, lines: int, follow: bool, supervisor: bool) -> None:
+    path = settings.paths.supervisor_log if supervisor else settings.paths.server_log
+    render = _event_line if supervisor else (lambda line: line)
+    for line in log_tail(path, lines=lines) if lines else []:
+        print(render(line))
+    if follow:
+        try:
+            _follow(path, render)
+        except KeyboardInterrupt:
+            pass
+
+
+def _follow(path: Path, render) -> None:
+    """Print what is appended to `path`; start again from the top when the file is replaced."""
+    offset, inode = _size_and_inode(path)
+    partial = b""
+    while True:
+        size, now_inode = _size_and_inode(path)
+        if now_inode != inode or size < offset:  # rotated or truncated
+            offset, inode, partial = 0, now_inode, b""
+        if size > offset:
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = partial + fh.read(size - offset)
+            offset = size
+            *complete, partial = data.split(b"\n")
+            for raw in complete:
+                print(render(raw.decode("utf-8", errors="replace")), flush=True)
+        time.sleep(0.2)
+
+
+def _size_and_inode(path: Path) -> tuple[int, int | None]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_ino
+    except OSError:
+        return 0, None
+
+
+def _event_line(line: str) -> str:
+    """A JSON event of the supervisor log as `2026-12-02T12:00:00Z warning event key=value`;
+    other lines (a traceback, the supervisor's own output) as they are."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return line
+    if not isinstance(event, dict):
+        return line
+    stamp = str(event.pop("timestamp", "")).replace("+00:00", "Z")
+    level = event.pop("level", "info")
+    name = event.pop("event", "")
+    rest = " ".join(f"{key}={value}" for key, value in event.items())
+    return f"{stamp} {level:<7} {name}" + (f" {rest}" if rest else "")

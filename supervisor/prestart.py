@@ -1,0 +1,83 @@
+"""Everything a start does before the server runs: first-run set-up, the checks that refuse a
+start, and the pre-start backup; then retention once the server is healthy.
+
+Shared by every start (start, run, restart, and the supervisor's restarts): the guide promises a
+backup before each, and a start that fails must never rotate good history out.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import log, process
+from .config import Settings
+from .errors import SparkqError, StartFailed
+
+
+def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settings:
+    """First-run set-up, exposure warning and port check: everything before the backup."""
+    from .backup.history import refuse_unusable_db, unshare_pre_restore
+
+    paths = settings.paths
+    if not skip_backup:
+        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
+            settings.backup_keep()
+        except SparkqError as exc:
+            raise _not_started(exc) from None
+    refuse_unusable_db(paths)
+    # The server is about to write the DB: a pre-restore bundle must not share its inode (even
+    # with --skip-backup, which takes no backup that would otherwise do this).
+    unshare_pre_restore(settings)
+    if not paths.db.exists():
+        from .initialize import run_setup
+
+        result = run_setup(settings, locked=True)
+        wrote = f"; wrote {', '.join(result.wrote)}" if result.wrote else ""
+        notices.append(f"first run: created the database {paths.db}{wrote}")
+        log.get().info("first_run_setup", db=str(paths.db), wrote=result.wrote)
+        if paths.config_file.name in result.wrote:
+            from . import config
+
+            settings = config.load(paths.config_file, root=paths.root)
+    exposed = settings.exposure()
+    if exposed:  # said in the result, where it is read; the log keeps a record
+        notices.append(exposed)
+        log.get().info("server_exposed", host=settings.host)
+    if process.port_in_use(settings.host, settings.port):
+        raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
+                          "stop that program or set server.port in sparkq.yml")
+    return settings
+
+
+def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):
+    """(BackupResult or None, its line). Writes nothing when the newest bundle holds this state
+    already, and leaves retention to prune_after_healthy: a start that fails must never push
+    good history out (a crash loop would otherwise rotate every bundle away)."""
+    if skip_backup:
+        log.get().warning("pre_start_backup_skipped", reason="--skip-backup",
+                          hint="no backup of the current state was taken")
+        return None, "backup skipped (--skip-backup)"
+    from .backup.create import create_backup
+
+    log.get().info("pre_start_backup", trigger=trigger)
+    try:
+        result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True,
+                               prune=False, skip_unchanged=True)
+    except SparkqError as exc:
+        raise _not_started(exc) from None
+    return result, result.text() or result.notice
+
+
+def prune_after_healthy(settings: Settings, backup) -> str | None:
+    """Retention for the pre-start backup, now that the server is up; returns its new line."""
+    if backup is None:
+        return None
+    from .backup.create import prune_after
+
+    return prune_after(settings, backup).text()
+
+
+def _not_started(exc: SparkqError) -> SparkqError:
+    """The same error, saying that the server was not started because of it."""
+    exc.args = (f"server not started: the pre-start backup failed: {exc}",)
+    return exc

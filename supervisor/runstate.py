@@ -1,0 +1,80 @@
+"""What the resident supervisor is doing, on disk: a small JSON file (Paths.supervisor_state)
+that the supervisor writes and `status`, `stop`, `start` and restore read. The supervisor's own
+identity there is its PID plus create time, like the server's in the pidfile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from dataclasses import asdict, dataclass
+
+from . import pidfile, process
+from .fsutil import atomic_write_bytes
+from .paths import Paths
+
+RELEASE = signal.SIGUSR1  # from `stop`: exit and leave the server to me (see lifecycle.stop)
+
+
+@dataclass
+class State:
+    state: str  # starting, running, backoff, fatal, stopped
+    supervisor_pid: int
+    supervisor_create_time: float
+    mode: str  # "start" (detached) or "run" (foreground)
+    restarts: int = 0
+    last_exit: dict | None = None  # {"code": n} or {"signal": "SIGKILL"}, with "at"
+    next_retry_at: float | None = None  # time.time() of the next start, in backoff
+    reason: str | None = None  # fatal: why it gave up
+    report: dict | None = None  # the first start's result (or error), for the waiting `start`
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def write_state(paths: Paths, state: State) -> None:
+    paths.supervisor_state.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(paths.supervisor_state, json.dumps(state.to_dict(), indent=2).encode() + b"\n",
+                       mode=0o644)
+
+
+def read_state(paths: Paths) -> State | None:
+    try:
+        data = json.loads(paths.supervisor_state.read_bytes())
+        return State(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def live_supervisor(paths: Paths) -> State | None:
+    """The state of a supervisor that still runs (PID and create time match), else None."""
+    state = read_state(paths)
+    if state is None or not process.alive(state.supervisor_pid):
+        return None
+    import psutil
+
+    try:
+        created = psutil.Process(state.supervisor_pid).create_time()
+    except psutil.Error:
+        return None
+    return state if abs(created - state.supervisor_create_time) < 0.01 else None
+
+
+def own_state(mode: str) -> State:
+    import psutil
+
+    me = os.getpid()
+    return State(state="starting", supervisor_pid=me, supervisor_create_time=psutil.Process(me).create_time(),
+                 mode=mode)
+
+
+def exit_record(rc: int) -> dict:
+    """How a server ended, for `status`: {"code": n} or {"signal": "SIGKILL"}, with the time."""
+    at = pidfile.now_iso()
+    if rc < 0:
+        try:
+            return {"signal": signal.Signals(-rc).name, "at": at}
+        except ValueError:
+            return {"signal": str(-rc), "at": at}
+    return {"code": rc, "at": at}

@@ -1,0 +1,417 @@
+"""The resident supervisor: keeps the server up. `run` runs this loop in the foreground; `start`
+leaves it running detached (its own session, its output in the supervisor log).
+
+The loop watches its child, the server: an exit it did not ask for restarts the server through
+the one start path (a backup first, none when nothing changed, no pruning unless the server
+came up), after a backoff that doubles up to server.backoff_max and starts again from 1 s once
+the server stayed up STABLE_S seconds. server.start_retries failures within server.retry_window
+make the state fatal: the supervisor records why and exits. Health checks every
+server.health_interval seconds replace a server that stops answering (hung or SIGSTOPped).
+
+What the loop is doing is kept in a small state file (runstate.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from . import log, pidfile, process
+from .config import Settings
+from .errors import FAILURE, OK, SparkqError, exit_status
+from .locking import file_lock
+from .runstate import RELEASE, State, exit_record, own_state, write_state
+
+STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
+
+
+# --- signals and the watchdog -----------------------------------------------------------------
+
+
+class StopSignals:
+    """Remember that SIGTERM/SIGINT/SIGHUP asked us to stop, or RELEASE asked us to leave; the
+    loop acts on it. The handler only records: stopping the server happens in one place."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RELEASE)
+
+    def __init__(self, notifier):
+        self.notifier = notifier
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def released(self) -> bool:
+        return self.signum == RELEASE
+
+    @property
+    def forward(self) -> int:
+        """What the server gets: SIGINT stays SIGINT (Ctrl-C); a hang-up asks for a clean stop."""
+        return signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            self.notifier.send("STOPPING=1")
+            log.get().info("stop_requested", signal=signal.Signals(signum).name)
+
+
+class Watchdog:
+    """systemd's watchdog: WATCHDOG=1 every half of WATCHDOG_USEC, from the loop itself, so a
+    stuck loop stops pinging and systemd restarts us."""
+
+    def __init__(self, notifier):
+        self.notifier = notifier
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        owner = os.environ.get("WATCHDOG_PID", "")
+        ours = not owner or (owner.isdigit() and int(owner) == os.getpid())
+        self.every = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and ours else None
+        self.next = 0.0
+
+    def ping_if_due(self) -> None:
+        if self.every is None or time.monotonic() < self.next:
+            return
+        self.notifier.send("WATCHDOG=1")
+        self.next = time.monotonic() + self.every
+
+
+def reap_orphans(server_pid: int | None) -> None:
+    """As PID 1 of a container, orphans are re-parented to us: collect the ones that exited so
+    none stays a zombie. The server is left to its Popen, which reads its status."""
+    if os.getpid() != 1:
+        return
+    import psutil
+
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return
+    for child in children:
+        if child.pid == server_pid:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(child.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            continue
+
+
+# --- the loop -------------------------------------------------------------------------------
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    mode: str
+    notifier: object
+    signals: StopSignals
+    state: State = field(init=False)
+    failures: deque = field(default_factory=deque)
+    delay: float = 1.0
+    server_pid: int | None = None
+
+    def __post_init__(self) -> None:
+        self.state = own_state(self.mode)
+        self.watchdog = Watchdog(self.notifier)
+
+    def save(self, **changes) -> None:
+        for key, value in changes.items():
+            setattr(self.state, key, value)
+        write_state(self.settings.paths, self.state)
+
+    def tick(self) -> bool:
+        """Housekeeping that must happen however long a wait lasts; True when a stop was asked.
+        Passed as `stop_requested` into the start path, so it runs during starts too."""
+        self.watchdog.ping_if_due()
+        reap_orphans(self.server_pid)
+        return self.signals.stopping
+
+    def periodic(self) -> None:
+        """Work on a timer while the server runs (scheduled backups, off-site pushes): called
+        from the loop about every 0.1 s, between checks; keep each call short."""
+
+    def first_start(self, trigger: str, skip_backup: bool, **launch_options):
+        """The first start: its failure is reported at once, never retried while a person waits."""
+        from .lifecycle import launch
+
+        launched = launch(self.settings, trigger=trigger, mode=self.mode, skip_backup=skip_backup,
+                          supervisor_pid=os.getpid(), stop_requested=self.tick, **launch_options)
+        self.server_pid = launched.spawned.proc.pid
+        return launched
+
+    def supervise(self, launched) -> int:
+        """Keep the server up until a stop is asked or restarts give up; the exit status."""
+        while True:
+            self.save(state="running", next_retry_at=None)
+            rc, hung = self._watch(launched)
+            if self.signals.stopping or launched.info is None:
+                _clean_up(self.settings, launched.spawned)
+                self.save(state="stopped")
+                return exit_status(rc) if rc is not None else OK
+            self.save(last_exit=exit_record(rc))
+            _clean_up(self.settings, launched.spawned)
+            log.get().warning("server_exited_unexpectedly", pid=launched.spawned.proc.pid,
+                              status=exit_status(rc), hung=hung)
+            if not self._restartable(rc, hung):
+                self.save(state="stopped")
+                return exit_status(rc)
+            launched = self._restart(rc)
+            if launched is None:  # fatal, or a stop came during the backoff
+                return FAILURE if self.state.state == "fatal" else OK
+
+    def _restartable(self, rc: int, hung: bool) -> bool:
+        policy = self.settings.restart
+        return policy == "always" or (policy == "on-failure" and (rc != 0 or hung))
+
+    def _watch(self, launched) -> tuple[int | None, bool]:
+        """Until the server exits (its return code) or hangs (stopped here; hung True), or a stop
+        is asked (the server is stopped here)."""
+        proc = launched.spawned.proc
+        settings = self.settings
+        if launched.info is None:  # a stop came while it started
+            process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, first=self.signals.forward)
+            return proc.wait(), False
+        began = time.monotonic()
+        interval = settings.health_interval
+        next_check = began + interval
+        failed = 0
+        while True:
+            rc = proc.poll()
+            if rc is not None:
+                return rc, False
+            if self.tick():
+                if self.signals.released:  # `stop` takes the server over from here
+                    return None, False
+                process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, first=self.signals.forward)
+                return proc.wait(), False
+            now = time.monotonic()
+            if now - began >= STABLE_S and self.delay > 1.0:
+                self.delay = 1.0
+            self.periodic()
+            if interval and now >= next_check:
+                ok, why = process.probe_health(settings.health_url_for(launched.info.url),
+                                               timeout=min(interval, 5.0))
+                failed = 0 if ok else failed + 1
+                next_check = time.monotonic() + interval
+                if failed >= settings.health_failures:
+                    log.get().error("server_hung", pid=proc.pid, failed_checks=failed, last=str(why))
+                    process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, resume=True)
+                    return proc.wait(), True
+            time.sleep(0.1)
+
+    def _restart(self, rc: int):
+        """Back off, then start again through the one start path; None when fatal or stopped."""
+        from .lifecycle import launch
+
+        while True:
+            if self._give_up():
+                return None
+            delay = self.delay
+            self.delay = min(self.delay * 2, self.settings.backoff_max)
+            self.save(state="backoff", next_retry_at=time.time() + delay)
+            log.get().info("restart_backoff", delay_s=delay, restarts=self.state.restarts)
+            if self._sleep(delay):
+                self.save(state="stopped", next_retry_at=None)
+                return None
+            self.save(state="starting", next_retry_at=None)
+            try:
+                with self._lock():
+                    launched = launch(self.settings, trigger="restart", mode=self.mode, supervisor_pid=os.getpid(),
+                                      stop_requested=self.tick)
+            except _Stopped:
+                self.save(state="stopped")
+                return None
+            except SparkqError as exc:
+                log.get().error("restart_failed", error=str(exc).splitlines()[0])
+                self.save(last_exit={"error": str(exc).splitlines()[0], "at": pidfile.now_iso()})
+                continue
+            self.server_pid = launched.spawned.proc.pid
+            self.save(restarts=self.state.restarts + 1)
+            log.get().info("server_restarted", pid=self.server_pid, restarts=self.state.restarts)
+            return launched
+
+    def _give_up(self) -> bool:
+        now = time.monotonic()
+        self.failures.append(now)
+        while self.failures and now - self.failures[0] > self.settings.retry_window:
+            self.failures.popleft()
+        if len(self.failures) < self.settings.start_retries:
+            return False
+        tail = process.log_tail(self.settings.paths.server_log, lines=10)
+        reason = (f"{len(self.failures)} failures within {self.settings.retry_window:g}s "
+                  f"(server.start_retries); last exit {self.state.last_exit}")
+        log.get().error("supervisor_fatal", reason=reason, server_log_tail=tail)
+        self.save(state="fatal", reason=reason + ("\n" + "\n".join(tail) if tail else ""), next_retry_at=None)
+        return True
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait `seconds` unless a stop comes first (then True)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.tick():
+                return True
+            time.sleep(min(0.1, max(deadline - time.monotonic(), 0)))
+        return False
+
+    def _lock(self):
+        """The supervisor lock, waiting in short steps so a stop is seen meanwhile (`stop`
+        holds the lock while it asks us to leave)."""
+        while True:
+            if self.tick():
+                raise _Stopped
+            try:
+                return _Held(file_lock(self.settings.paths.lockfile, wait=0))
+            except SparkqError:
+                time.sleep(0.2)
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _Held:
+    """Enter a lock context at once, so a timeout is raised before the `with` body."""
+
+    def __init__(self, cm):
+        self.cm = cm
+        cm.__enter__()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.cm.__exit__(*exc)
+
+
+def _clean_up(settings: Settings, spawned: process.Spawned) -> None:
+    """After the server exited: what it started, in its group or escaped from it, goes too."""
+    from .leftovers import stop_all
+
+    proc = spawned.proc
+    if proc.poll() is not None:
+        if process.group_members(proc.pid):
+            process.stop(proc.pid, settings.stop_timeout, reap=proc.poll)
+        if stop_all(spawned.token, since=spawned.started, timeout=settings.stop_timeout):
+            log.get().warning("server_leftovers_stopped", pid=proc.pid)
+        pidfile.remove_pidfile(settings.paths, proc.pid)
+
+
+# --- the two ways in ------------------------------------------------------------------------
+
+
+def run(settings: Settings, *, skip_backup: bool = False) -> int:
+    """`run`: the loop in the foreground (systemd, a container, a terminal)."""
+    from .lifecycle import running
+    from .systemd import Notifier
+
+    notifier = Notifier.from_env()
+    signals = StopSignals(notifier)
+    sup = Supervisor(settings, "run", notifier, signals)
+    notifier.send("STATUS=pre-start backup")
+
+    def prepared(notices: list[str], backup_text: str | None) -> None:
+        for line in [*notices, backup_text]:
+            if line:
+                print(line, file=sys.stderr)
+        notifier.send("STATUS=starting the server")
+        signals.install()
+
+    # The lock covers backup, spawn and readiness only: once the server is healthy, `status` and
+    # `stop` from another shell must work while this process keeps running.
+    with file_lock(settings.paths.lockfile):
+        notices: list[str] = []
+        info = running(settings, notices)
+        for line in notices:
+            print(f"sparkq: {line}", file=sys.stderr)
+        if info is not None:
+            from .errors import StartFailed
+
+            raise StartFailed(f"already running (PID {info.pid}, {info.url}); stop it first: ./sparkq.sh stop")
+        sup.save()
+        try:
+            launched = sup.first_start("run", skip_backup, on_prepared=prepared,
+                                       while_preparing=lambda: notifier.extend_timeout(120, every=20))
+        except BaseException:
+            signals.restore()
+            sup.save(state="stopped")
+            raise
+    if launched.info is not None:
+        info = launched.info
+        if launched.backup is not None and launched.backup.pruned:
+            n = len(launched.backup.pruned)
+            print(f"backup: pruned {n} old backup{'s' if n != 1 else ''} (backup.keep)", file=sys.stderr)
+        notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving at {info.url}")
+        print(f"SparkQ is running (PID {info.pid}, {info.url}); Ctrl-C stops it", file=sys.stderr)
+    try:
+        return sup.supervise(launched)
+    finally:
+        signals.restore()
+        if not signals.stopping:
+            notifier.send("STOPPING=1")
+
+
+def serve_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> int:
+    """The supervisor `start` leaves running: the first start's result goes to the state file
+    (the waiting `start` prints it), then the loop."""
+    from .lifecycle import running
+    from .systemd import Notifier
+
+    notifier = Notifier(None)  # only `run` speaks to systemd
+    signals = StopSignals(notifier)
+    signals.install()
+    sup = Supervisor(settings, "start", notifier, signals)
+    try:
+        with file_lock(settings.paths.lockfile):
+            notices: list[str] = []
+            info = running(settings, notices)
+            if info is not None:
+                sup.save(state="stopped", report={"pid": info.pid, "url": info.url, "already_running": True,
+                                                  "notices": notices})
+                return OK
+            sup.save()
+            said: list[str] = []  # the backup line: on failure, `start` says the backup was taken
+            launched = sup.first_start(trigger, skip_backup, notices=notices,
+                                       on_prepared=lambda _notices, line: said.append(line or ""))
+    except SparkqError as exc:
+        sup.save(state="stopped", report={"error": str(exc), "exit_code": exc.exit_code,
+                                          "notices": [line for line in said if line]})
+        return exc.exit_code
+    if launched.info is None:
+        sup.save(state="stopped", report={"error": "stopped while starting", "exit_code": FAILURE})
+    else:
+        backup = launched.backup
+        sup.save(report={"pid": launched.info.pid, "url": launched.info.url, "notices": launched.notices,
+                         "backup": backup and backup.to_dict(), "backup_text": launched.backup_text})
+    return sup.supervise(launched)
+
+
+def spawn_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> subprocess.Popen:
+    """Start `sparkq _supervise` in a session of its own, its output in the supervisor log."""
+    paths = settings.paths
+    argv = [sys.executable, "-P", "-m", "supervisor", "_supervise", "--trigger", trigger]
+    if skip_backup:
+        argv.append("--skip-backup")
+    env = dict(os.environ, SPARKQ_ROOT=str(paths.root))
+    if paths.config_file.resolve() != (paths.root / "sparkq.yml").resolve():
+        env["SPARKQ_CONFIG"] = str(paths.config_file)
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(paths.supervisor_log, "ab") as out:
+        return subprocess.Popen(argv, cwd=paths.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)

@@ -1,0 +1,248 @@
+"""issue 14: the resident supervisor keeps the server up (restart, backoff, fatal, liveness),
+`status` shows its state, `stop` ends both, a killed supervisor leaves `unsupervised`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from datetime import datetime
+
+import psutil
+import pytest
+from helpers import SPARKQ_BIN, assert_no_server, listening, wait_until
+
+
+@pytest.fixture
+def crashy(fake):
+    """The fake server of conftest, plus a mode that crashes a while after it starts serving."""
+    fake.script.write_text(fake.script.read_text().replace(
+        "\nHTTPServer((",
+        "\nif mode.startswith('crash-after='):\n"
+        "    import threading\n"
+        "    threading.Timer(float(mode.split('=')[1]), lambda: os._exit(9)).start()\n"
+        "HTTPServer((",
+    ))
+    return fake
+
+
+def _configure(fake, mode: str = "ok", **server) -> None:
+    fake.configure(mode, stop_timeout=2)
+    extra = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in server.items())
+    text = fake.project.config.read_text()
+    fake.project.config.write_text(text + extra)
+
+
+def _status(project) -> dict:
+    result = project.cli("status", "--json")
+    data = json.loads(result.stdout)
+    data["exit"] = result.returncode
+    return data
+
+
+def _started(project) -> dict:
+    result = project.cli("start", "--skip-backup")
+    assert result.returncode == 0, result.stderr
+    project.reaper.adopt_pidfile(project.pidfile)
+    status = _status(project)
+    assert status["state"] == "running" and status["supervisor_pid"], status
+    return status
+
+
+def _events(project, name: str) -> list[dict]:
+    log = project.root / "sparkq" / "logs" / "supervisor.log"
+    events = []
+    for line in log.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == name:
+            events.append(event)
+    return events
+
+
+def _stop_and_check(project, supervisor_pid: int) -> None:
+    result = project.cli("stop")
+    assert result.returncode == 0, result.stderr
+    assert not psutil.pid_exists(supervisor_pid) or psutil.Process(supervisor_pid).status() == "zombie"
+    assert_no_server(project)
+    assert _status(project)["state"] == "stopped"
+
+
+def test_start_leaves_a_supervisor_and_stop_ends_both(project, crashy):
+    _configure(crashy)
+    status = _started(project)
+    assert status["health"]["ok"] and status["restarts"] == 0 and status["exit"] == 0
+    text = project.cli("status").stdout
+    assert text.startswith("running (PID ") and f"supervisor PID {status['supervisor_pid']}" in text
+    _stop_and_check(project, status["supervisor_pid"])
+
+
+def test_kill_9_of_the_server_brings_a_new_healthy_one_with_the_data(project, crashy):
+    _configure(crashy, health_interval=0)
+    first = _started(project)
+    os.kill(first["pid"], signal.SIGKILL)
+    again = wait_until(lambda: (s := _status(project))["restarts"] == 1 and s["state"] == "running"
+                       and s["health"]["ok"] and s, timeout=30, what="a restarted server")
+    assert again["pid"] != first["pid"] and again["supervisor_pid"] == first["supervisor_pid"]
+    assert again["last_exit"]["signal"] == "SIGKILL"
+    assert project.db.exists()
+    project.reaper.adopt_pidfile(project.pidfile)
+    _stop_and_check(project, first["supervisor_pid"])
+
+
+def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, crashy):
+    _configure(crashy, "crash-after=1.5", start_retries=3, health_interval=0, backoff_max=60)
+    result = project.cli("start")  # with the pre-start backup: one bundle
+    assert result.returncode == 0, result.stderr
+    project.reaper.adopt_pidfile(project.pidfile)
+    bundles = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
+    status = wait_until(lambda: (s := _status(project))["state"] == "fatal" and s, timeout=60, what="fatal")
+    assert status["exit"] == 3 and "server.start_retries" in status["reason"]
+    assert status["last_exit"]["code"] == 9 and status["last_exit"]["at"]
+    # Gaps between an exit and the next spawn, from the supervisor log's own timestamps.
+    exits = [datetime.fromisoformat(e["timestamp"]) for e in _events(project, "server_exited_unexpectedly")]
+    spawns = [datetime.fromisoformat(e["timestamp"]) for e in _events(project, "server_spawned")]
+    gaps = [(min(s for s in spawns if s > t) - t).total_seconds() for t in exits if any(s > t for s in spawns)]
+    assert len(gaps) == 2 and gaps[0] >= 1.0 and gaps[1] >= 2.0 and gaps[1] > gaps[0], gaps
+    after = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
+    assert after == bundles  # restarts of an unchanged state wrote no new bundle
+    assert project.cli("status").stdout.startswith("fatal")
+    wait_until(lambda: not crashy.running(), timeout=10, what="no server left")
+
+
+def test_a_sigstopped_server_is_replaced(project, crashy):
+    _configure(crashy, health_interval=0.3, health_failures=2)
+    first = _started(project)
+    os.kill(first["pid"], signal.SIGSTOP)
+    again = wait_until(lambda: (s := _status(project))["restarts"] == 1 and s["health"]["ok"] and s,
+                       timeout=40, what="a replacement")
+    assert again["pid"] != first["pid"] and crashy.gone(first["pid"])
+    assert _events(project, "server_hung")
+    project.reaper.adopt_pidfile(project.pidfile)
+    _stop_and_check(project, first["supervisor_pid"])
+
+
+def test_a_killed_supervisor_leaves_unsupervised_and_stop_cleans_up(project, crashy):
+    _configure(crashy)
+    first = _started(project)
+    os.kill(first["supervisor_pid"], signal.SIGKILL)
+    status = wait_until(lambda: (s := _status(project))["state"] == "unsupervised" and s, what="unsupervised")
+    assert status["exit"] == 0 and status["pid"] == first["pid"] and status["health"]["ok"]
+    result = project.cli("stop")
+    assert result.returncode == 0 and f"stopped (PID {first['pid']}" in result.stdout
+    assert_no_server(project)
+
+
+def test_start_replaces_an_unsupervised_server(project, crashy):
+    _configure(crashy)
+    first = _started(project)
+    os.kill(first["supervisor_pid"], signal.SIGKILL)
+    wait_until(lambda: _status(project)["state"] == "unsupervised", what="unsupervised")
+    result = project.cli("start", "--skip-backup")
+    assert result.returncode == 0 and "lost its supervisor" in result.stdout, result.stderr
+    project.reaper.adopt_pidfile(project.pidfile)
+    status = _status(project)
+    assert status["state"] == "running" and status["pid"] != first["pid"] and crashy.gone(first["pid"])
+    assert len(crashy.running()) == 1
+    _stop_and_check(project, status["supervisor_pid"])
+
+
+def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project, crashy):
+    _configure(crashy, "crash-after=0.5", health_interval=0, backoff_max=30, start_retries=50)
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    # A long enough backoff (the third: 4 s) for both commands to meet it.
+    wait_until(lambda: (s := _status(project))["state"] == "backoff" and s["next_retry_in_s"] >= 3,
+               timeout=60, what="a 4 s backoff")
+    result = project.cli("backup-restore", "1", "--db-only", "--yes")
+    assert result.returncode == 6 and "supervisor" in result.stderr, result.stderr
+    again = project.cli("start", "--skip-backup")  # never a second server beside the one it will start
+    assert again.returncode == 1 and "starts the server itself" in again.stderr, again.stderr
+    supervisor = _status(project)["supervisor_pid"]
+    project.reaper.add(supervisor)
+    _stop_and_check(project, supervisor)
+
+
+def test_logs_show_the_server_log_and_supervisor_events(project, crashy):
+    _configure(crashy)
+    status = _started(project)
+    out = project.cli("logs", "-n", "5").stdout
+    assert "fake server pid=" in out
+    events = project.cli("logs", "--supervisor", "-n", "200").stdout
+    assert " server_started " in events and not events.lstrip().startswith("{")
+    _stop_and_check(project, status["supervisor_pid"])
+
+
+def test_run_pings_the_watchdog(project, crashy, tmp_path):
+    import socket
+
+    _configure(crashy)
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(10)
+        proc = project.popen(str(SPARKQ_BIN), "run", "--skip-backup", stderr=subprocess.PIPE,
+                             env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"})
+        messages = []
+
+        def pings_after_ready() -> int:
+            ready = next((i for i, m in enumerate(messages) if m.startswith("READY=1")), None)
+            return 0 if ready is None else messages[ready:].count("WATCHDOG=1")
+
+        # Pings while it serves (they come during the start too, before READY=1).
+        wait_until(lambda: messages.append(sock.recv(4096).decode()) or pings_after_ready() >= 3,
+                   timeout=30, what="three watchdog pings after READY=1")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert any(m.startswith("READY=1") for m in messages)
+    assert_no_server(project)
+
+
+def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, crashy, tmp_path):
+    import shutil
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare for a pid namespace")
+    # The server leaves an orphan that exits at once: re-parented to PID 1 (our `run`).
+    orphaning = crashy.script.read_text().replace(
+        "\nHTTPServer((", "\nif os.fork() == 0:\n    if os.fork() == 0:\n        os._exit(0)\n"
+        "    os._exit(0)\nHTTPServer((")
+    crashy.script.write_text(orphaning)
+    _configure(crashy)
+    proc = project.popen("unshare", "--pid", "--fork", "--mount-proc", str(SPARKQ_BIN), "run", "--skip-backup",
+                         stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: listening(project.port), timeout=30, what="the server in the namespace")
+    runner = next(p for p in psutil.Process(proc.pid).children() if "sparkq" in " ".join(p.cmdline()))
+
+    def zombies() -> list:
+        return [c for c in runner.children() if c.status() == psutil.STATUS_ZOMBIE]
+
+    wait_until(lambda: not zombies(), timeout=10, what="the orphans reaped")
+    runner.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, proc.stderr.read()
+    wait_until(lambda: not crashy.running(), timeout=10, what="no server left")
+
+
+def test_logs_follow_prints_lines_as_they_are_appended(project):
+    import select
+
+    log = project.root / "sparkq" / "logs" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("older\nold line\n")
+    proc = project.popen(str(SPARKQ_BIN), "logs", "-f", "-n", "1", stdout=subprocess.PIPE, text=True)
+
+    def next_line() -> str:
+        assert select.select([proc.stdout], [], [], 20)[0], "no line within 20 s"
+        return proc.stdout.readline()
+
+    try:
+        assert next_line() == "old line\n"
+        with open(log, "a") as fh:
+            fh.write("new line\n")
+        assert next_line() == "new line\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
