@@ -162,11 +162,26 @@ _REFS = {"ignore_unknown_options": True}
 
 
 @app.command()
-def backup(as_json: bool = JsonOpt) -> None:
+def backup(
+    as_json: bool = JsonOpt,
+    trigger: str = typer.Option("manual", "--trigger", hidden=True, help="manual, or scheduled (the supervisor's)."),
+) -> None:
     """Take a verified backup bundle now (also while the server runs)."""
     from .backup.create import create_backup
 
-    _emit(create_backup(_settings(), trigger="manual", progress=sys.stderr.isatty()), as_json)
+    if trigger == "manual":
+        _emit(create_backup(_settings(), trigger="manual", progress=sys.stderr.isatty()), as_json)
+        return
+    from .schedule import TRIGGER
+
+    if trigger != TRIGGER:
+        raise UsageError(f"unknown --trigger {trigger!r}; the only one is {TRIGGER}")
+    from .interrupts import sigterm_unwinds
+
+    # The supervisor ends a scheduled backup with SIGTERM when it stops: unwinding removes the
+    # half-built bundle. Unchanged since the newest bundle: nothing is written.
+    with sigterm_unwinds():
+        _emit(create_backup(_settings(), trigger=TRIGGER, skip_unchanged=True), as_json)
 
 
 @app.command("backup-list")

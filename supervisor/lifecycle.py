@@ -90,6 +90,10 @@ class StatusResult:
     db_size: int | None = None
     newest_backup: str | None = None
     newest_backup_age_s: float | None = None
+    next_backup_in_s: float | None = None  # None: no supervisor schedules backups now
+    backup_running: bool = False
+    last_backup_error: str | None = None
+    last_backup_failed_at: float | None = None  # epoch seconds
     notice: str | None = None
     warnings: list[str] = field(default_factory=list)
 
@@ -116,6 +120,13 @@ class StatusResult:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
         else:
             lines.append("  newest backup: none")
+        if self.backup_running:
+            lines.append("  next backup: running now (scheduled)")
+        elif self.next_backup_in_s is not None:
+            lines.append(f"  next backup: in {_duration(self.next_backup_in_s)} (scheduled)")
+        if self.last_backup_error:
+            ago = _duration(max(time.time() - self.last_backup_failed_at, 0.0))
+            lines.append(f"  last backup failed {ago} ago: {self.last_backup_error}")
         return "\n".join(lines)
 
 
@@ -185,11 +196,14 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
     from .backup.history import unshare_pre_restore
 
     paths = settings.paths
-    if not skip_backup:
-        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
+    from .schedule import interval
+
+    try:  # a bad SPARKQ_BACKUP_KEEP or _INTERVAL stops us before first-run set-up writes anything
+        if not skip_backup:
             settings.backup_keep()
-        except SparkqError as exc:
-            raise _not_started(exc) from None
+        interval(settings)
+    except SparkqError as exc:
+        raise _not_started(exc) from None
     _refuse_unusable_db_over_backups(paths)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
@@ -285,6 +299,9 @@ def _pre_start_backup(settings, trigger: str, skip_backup: bool):
                                prune=False, skip_unchanged=True)
     except SparkqError as exc:
         raise _not_started(exc) from None
+    from .schedule import note_backup
+
+    note_backup(settings.paths, result)  # the schedule counts from this one
     return result, result.text() or result.notice
 
 
@@ -458,13 +475,19 @@ def run(settings, *, skip_backup: bool = False) -> int:
     # `stop` from another shell must work while this process keeps running.
     with supervisor_lock(settings.paths.lockfile):
         spawned, info = _run_start_locked(settings, notifier, forwarder, skip_backup)
+    schedule = None
     try:
         if info is not None:
             notifier.send("READY=1", f"MAINPID={os.getpid()}", f"STATUS=serving at {info.url}")
             print(f"SparkQ is running (PID {info.pid}, {info.url}); Ctrl-C stops it", file=sys.stderr)
             log.get().info("server_started", pid=info.pid, url=info.url, trigger="run")
-        rc = _wait_child(spawned.proc, forwarder)
+            from .schedule import BackupSchedule
+
+            schedule = BackupSchedule(settings)
+        rc = _wait_child(spawned.proc, forwarder, schedule)
     finally:
+        if schedule is not None:  # first: a backup must not outlive the supervisor
+            schedule.stop()
         forwarder.restore()
         if process.group_members(spawned.proc.pid):  # its own children outlived it
             process.terminate_group(spawned.proc.pid, forwarder.stop_timeout, reap=spawned.proc.poll)
@@ -523,13 +546,16 @@ def _run_start_locked(settings, notifier, forwarder: "_Forwarder", skip_backup: 
         raise
 
 
-def _wait_child(proc: subprocess.Popen, forwarder: _Forwarder) -> int:
-    """Wait for the server to exit; SIGKILL its group when a forwarded stop takes too long."""
+def _wait_child(proc: subprocess.Popen, forwarder: _Forwarder, schedule=None) -> int:
+    """Wait for the server to exit; SIGKILL its group when a forwarded stop takes too long.
+    Meanwhile drive the backup schedule (supervisor/schedule.py) until a stop is asked."""
     killed = False
     while True:
         try:
             return proc.wait(timeout=0.2)
         except subprocess.TimeoutExpired:
+            if schedule is not None and not forwarder.stopping:
+                schedule.step(time.time())
             if forwarder.deadline is not None and not killed and time.monotonic() > forwarder.deadline:
                 killed = True
                 process.kill_group(proc.pid, reap=proc.poll)
@@ -564,6 +590,10 @@ def status(settings) -> StatusResult:
         result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
                                "`start` will refuse until it is stopped (find it with: ss -ltnp)")
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
+    from .schedule import status_fields
+
+    for key, value in status_fields(paths).items():
+        setattr(result, key, value)
     return result
 
 
