@@ -33,7 +33,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "backup.dir": ((str,), DEFAULT_BACKUP_DIR, "a folder path"),
     "backup.keep": ((int,), 7, "a whole number >= 1"),
     "backup.lock_timeout": ((int, float), 30, "a number of seconds > 0"),
-    "backup.interval": ((str, int, float), "1d", "a duration such as 30m, 6h, 1d or seconds (>= 1), or 0/off"),
+    "backup.interval": ((str, int, float, bool), "1d", "a duration such as 30m, 6h, 1d or seconds (>= 1), or 0/off"),
 }
 # Sections the server owns; the supervisor passes them through unchecked.
 _FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features", "sparkq"}

@@ -43,8 +43,10 @@ _STOP_WAIT = 10.0  # seconds a backup gets to clean up after SIGTERM before SIGK
 
 def parse_interval(value) -> float | None:
     """Seconds between scheduled backups, None when off (`0` or `off`); ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(value)
+    if isinstance(value, bool):  # YAML reads a bare `off` (or `no`) as false
+        if value:
+            raise ValueError(value)
+        return None
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
