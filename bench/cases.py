@@ -27,7 +27,7 @@ BACKUP_LIMITS = {256: 2.5, 1024: 2.0}  # verified backup / sqlite3 .backup, by D
 RESTORE_LIMIT_FROM_MB = 1024          # restore <= 2.5x is a target at 1 GiB; smaller sizes are info
 RSS_LIMIT_MB, RSS_GROWTH_MB = 64.0, 10.0
 LIST_BUNDLES = 1000
-SIZE_CASES = ("backup", "writer", "restore")        # run once per database size
+SIZE_CASES = ("backup", "writer", "restore", "schedule")  # run once per database size
 SMALL_CASES = ("imports", "status", "start", "list")  # fixed-cost commands, run once
 CASES = SMALL_CASES + SIZE_CASES
 
@@ -173,6 +173,9 @@ class Bench:
                      lambda: self.case_writer(proj, size_mb))
         self.guarded("restore", "backup-restore --db-only vs sqlite3 .backup", label,
                      lambda: self.case_restore(proj, size_mb))
+        from .schedule_case import case_schedule
+
+        self.guarded("schedule", "scheduled backup", label, lambda: case_schedule(self, proj, size_mb))
         self.drop(proj)
 
     def case_backup(self, proj: Project, size_mb: float) -> None:

@@ -113,10 +113,11 @@ def _write_state(paths, state: dict) -> None:
 def note_backup(paths, result, now: float | None = None) -> None:
     """Record a backup taken outside the schedule (the pre-start one): it resets the clock, so
     a start that found the state unchanged is not followed by the same check at once."""
-    if result is None or not (result.name or result.unchanged_since):
+    name, same = getattr(result, "name", None), getattr(result, "unchanged_since", None)
+    if not (name or same):  # no database yet: nothing was backed up
         return
     state = read_state(paths)
-    state.update(last_success=now or time.time(), last_result=_describe(result.name, result.unchanged_since),
+    state.update(last_success=now or time.time(), last_result=_describe(name, same),
                  last_error=None, failed_at=None, failures=0, retry_at=None)
     _write_state(paths, state)
 
@@ -194,8 +195,15 @@ class BackupSchedule:
     def step(self, now: float | None = None) -> None:
         """poll, then tick: what a loop calls every so often."""
         now = now or time.time()
-        self.poll(now)
-        self.tick(now)
+        try:
+            self.poll(now)
+            self.tick(now)
+        except Exception as exc:  # noqa: BLE001 - the schedule must never take the server down
+            from . import log
+
+            log.get().error("schedule_error", error=f"{type(exc).__name__}: {exc}")
+            if self.child is None and self.due_at is not None:
+                self.due_at = now + RETRY_FIRST  # e.g. no process could be started: try again later
 
     def stop(self) -> None:
         """End a running backup (it removes its own temp bundle) and reap it; stop scheduling."""

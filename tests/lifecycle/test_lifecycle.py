@@ -65,7 +65,8 @@ def test_status_json_keys_when_stopped(project, fake):
     assert result.returncode == 3
     data = json.loads(result.stdout)
     assert set(data) == {"running", "pid", "started_at", "uptime_s", "url", "health", "db_path", "db_size",
-                         "newest_backup", "newest_backup_age_s", "notice", "warnings"}
+                         "newest_backup", "newest_backup_age_s", "next_backup_in_s", "backup_running",
+                         "last_backup_error", "last_backup_failed_at", "notice", "warnings"}
     assert data["running"] is False and data["pid"] is None
 
 
