@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import statistics
-import time
 
 from . import dbgen
 from .report import Row, fmt_s, size_label
@@ -49,22 +48,11 @@ def _beside_a_writer(bench, proj, label: str) -> None:
     alone: list[dict] = []
     took: list[float] = []
     for i in range(bench.pairs):
-        w = bench._start_writer(proj, f"s{i}a")
-        try:
-            r = bench.sparkq(proj, *SCHEDULED)
-        finally:
-            during.append(bench._stop_writer(w))
-        took.append(r.seconds)
-        dbgen.prune(proj.backup_dir)
-        dbgen.checkpoint(proj.db)
-        w = bench._start_writer(proj, f"s{i}b")
-        try:
-            time.sleep(r.seconds)
-        finally:
-            alone.append(bench._stop_writer(w))
-        dbgen.checkpoint(proj.db)
-        x, y = during[-1], alone[-1]
-        print(f"  pair {i + 1}/{bench.pairs}: scheduled backup {r.seconds:.2f} s; writer p99 "
+        x, y, seconds = bench.writer_pair(proj, f"s{i}", *SCHEDULED)
+        during.append(x)
+        alone.append(y)
+        took.append(seconds)
+        print(f"  pair {i + 1}/{bench.pairs}: scheduled backup {seconds:.2f} s; writer p99 "
               f"{x['p99_ms']:.2f} ms during vs {y['p99_ms']:.2f} ms alone", flush=True)
     bench.report.add(Row(measure="scheduled backup beside a writer", size=label, a=fmt_s(statistics.median(took)),
                          b="", ratio=None, target="-", verdict="info", data={"seconds": took}))

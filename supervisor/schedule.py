@@ -199,11 +199,14 @@ class BackupSchedule:
             self.poll(now)
             self.tick(now)
         except Exception as exc:  # noqa: BLE001 - the schedule must never take the server down
-            from . import log
-
-            log.get().error("schedule_error", error=f"{type(exc).__name__}: {exc}")
+            what = f"{type(exc).__name__}: {exc}"
             if self.child is None and self.due_at is not None:
-                self.due_at = now + RETRY_FIRST  # e.g. no process could be started: try again later
+                # e.g. no process could be started: a failure like any other, retried with backoff
+                self._failed(now, -1, f"the scheduled backup could not run: {what}")
+            else:
+                from . import log
+
+                log.get().error("schedule_error", error=what)
 
     def stop(self) -> None:
         """End a running backup (it removes its own temp bundle) and reap it; stop scheduling."""

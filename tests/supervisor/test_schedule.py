@@ -108,3 +108,16 @@ def test_stop_ends_a_running_backup(project):
     schedule.stop()
     assert child.returncode is not None and schedule.child is None
     assert schedule.due_in(time.time()) is None
+
+
+def test_a_backup_that_cannot_even_start_is_a_failure_not_a_crash(project, monkeypatch, tmp_path):
+    settings = _settings(project, "backup:\n  interval: 1h\n")
+    assert project.cli("setup").returncode == 0
+    schedule = BackupSchedule(settings)
+    monkeypatch.setattr("sys.executable", str(tmp_path / "no-such-python"))
+    now = time.time()
+    schedule.step(now)  # must not raise: the loop that calls it keeps the server
+    state = read_state(settings.paths)
+    assert state["failures"] == 1 and "could not run" in state["last_error"]
+    assert schedule.child is None and schedule.due_in(now) == pytest.approx(RETRY_FIRST)
+    schedule.stop()
