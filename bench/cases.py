@@ -27,7 +27,7 @@ BACKUP_LIMITS = {256: 2.5, 1024: 2.0}  # verified backup / sqlite3 .backup, by D
 RESTORE_LIMIT_FROM_MB = 1024          # restore <= 2.5x is a target at 1 GiB; smaller sizes are info
 RSS_LIMIT_MB, RSS_GROWTH_MB = 64.0, 10.0
 LIST_BUNDLES = 1000
-SIZE_CASES = ("backup", "writer", "api", "restore")        # run once per database size
+SIZE_CASES = ("backup", "writer", "api", "restore", "schedule")  # run once per database size
 SMALL_CASES = ("imports", "status", "start", "list")  # fixed-cost commands, run once
 CASES = SMALL_CASES + SIZE_CASES
 
@@ -184,6 +184,9 @@ class Bench:
                      lambda: api.case_api(self, proj, size_mb))
         self.guarded("restore", "backup-restore --db-only vs sqlite3 .backup", label,
                      lambda: self.case_restore(proj, size_mb))
+        from .schedule_case import case_schedule
+
+        self.guarded("schedule", "scheduled backup", label, lambda: case_schedule(self, proj, size_mb))
         self.drop(proj)
 
     def case_backup(self, proj: Project, size_mb: float) -> None:
@@ -224,21 +227,10 @@ class Bench:
         with_backup: list[dict] = []
         without: list[dict] = []
         for i in range(self.pairs):
-            w = self._start_writer(proj, f"w{i}a")
-            try:
-                r = self.sparkq(proj, "backup")
-            finally:
-                with_backup.append(self._stop_writer(w))
-            dbgen.prune(proj.backup_dir)
-            dbgen.checkpoint(proj.db)
-            w = self._start_writer(proj, f"w{i}b")
-            try:
-                time.sleep(r.seconds)
-            finally:
-                without.append(self._stop_writer(w))
-            dbgen.checkpoint(proj.db)
-            x, y = with_backup[-1], without[-1]
-            print(f"  pair {i + 1}/{self.pairs}: during backup ({r.seconds:.2f} s) p50/p99/max "
+            x, y, seconds = self.writer_pair(proj, f"w{i}", "backup")
+            with_backup.append(x)
+            without.append(y)
+            print(f"  pair {i + 1}/{self.pairs}: during backup ({seconds:.2f} s) p50/p99/max "
                   f"{x['p50_ms']:.2f}/{x['p99_ms']:.2f}/{x['max_ms']:.1f} ms, {x['commits']} commits, "
                   f"{x['failed']} failed | none p50/p99/max {y['p50_ms']:.2f}/{y['p99_ms']:.2f}/{y['max_ms']:.1f} ms, "
                   f"{y['commits']} commits, {y['failed']} failed | ratio {x['p99_ms'] / y['p99_ms']:.2f}", flush=True)
@@ -259,6 +251,23 @@ class Bench:
             ratio=None, target="0", verdict="PASS" if failed == 0 and failed_b == 0 else "MISS",
             note="; ".join(errors), data={"commits": sum(r["commits"] for r in with_backup)},
         ))
+
+    def writer_pair(self, proj: Project, tag: str, *command: str) -> tuple[dict, dict, float]:
+        """The writer's summary during `sparkq COMMAND`, then alone for as long; and how long it took."""
+        w = self._start_writer(proj, f"{tag}a")
+        try:
+            r = self.sparkq(proj, *command)
+        finally:
+            during = self._stop_writer(w)
+        dbgen.prune(proj.backup_dir)
+        dbgen.checkpoint(proj.db)
+        w = self._start_writer(proj, f"{tag}b")
+        try:
+            time.sleep(r.seconds)
+        finally:
+            alone = self._stop_writer(w)
+        dbgen.checkpoint(proj.db)
+        return during, alone, r.seconds
 
     def _start_writer(self, proj: Project, tag: str, script: Path = WRITER, args: tuple[str, ...] = ()):
         """Start a load process (`script ARGS... DB OUT.json`) and wait for its "ready" line."""

@@ -199,13 +199,27 @@ _REFS = {"ignore_unknown_options": True}
 
 
 @app.command()
-def backup(as_json: bool = JsonOpt) -> None:
+def backup(
+    as_json: bool = JsonOpt,
+    trigger: str = typer.Option("manual", "--trigger", hidden=True, help="manual, or scheduled (the supervisor's)."),
+) -> None:
     """Take a verified backup bundle now (also while the server runs)."""
     from .backup.create import create_backup
     from .backup.offsite import after_backup
 
     settings = _settings()
-    result = create_backup(settings, trigger="manual", progress=sys.stderr.isatty())
+    if trigger == "manual":
+        result = create_backup(settings, trigger="manual", progress=sys.stderr.isatty())
+    else:
+        from .interrupts import sigterm_unwinds
+        from .schedule import TRIGGER
+
+        if trigger != TRIGGER:
+            raise UsageError(f"unknown --trigger {trigger!r}; the only one is {TRIGGER}")
+        # The supervisor ends a scheduled backup with SIGTERM when it stops: unwinding removes the
+        # half-built bundle. Unchanged since the newest bundle: nothing is written.
+        with sigterm_unwinds():
+            result = create_backup(settings, trigger=TRIGGER, skip_unchanged=True)
     pushed = after_backup(settings, result)  # None when off-site copies are off; never raises
     if as_json:
         print(json.dumps({**result.to_dict(), **({"offsite": pushed.to_dict()} if pushed else {})},

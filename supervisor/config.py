@@ -45,6 +45,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "offsite.password_file": ((str, type(None)), None, "a file path"),
     "offsite.env_file": ((str, type(None)), None, "a file path"),
     "offsite.keep": ((dict, type(None)), None, "a mapping of last/daily/weekly/monthly to whole numbers >= 1"),
+    "backup.interval": ((str, int, float, bool), "1d", "a duration such as 30m, 6h, 1d or seconds (>= 1), or 0/off"),
 }
 OFFSITE_KEEP_KINDS = ("last", "daily", "weekly", "monthly")
 RESTART_POLICIES = ("on-failure", "always", "never")
@@ -118,6 +119,11 @@ class Settings:
     @property
     def lock_timeout(self) -> float:
         return float(self.values["backup.lock_timeout"])
+
+    @property
+    def backup_interval(self):
+        """backup.interval as written (schedule.interval parses it; the environment wins there)."""
+        return self.values["backup.interval"]
 
     @property
     def offsite_repository(self) -> str | None:
@@ -357,6 +363,13 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
     elif ok and dotted == "offsite.keep" and value is not None:
         ok = all(k in OFFSITE_KEEP_KINDS and isinstance(n, int) and not isinstance(n, bool) and n >= 1
                  for k, n in value.items())
+    elif ok and dotted == "backup.interval":
+        from .schedule import parse_interval
+
+        try:
+            parse_interval(value)
+        except ValueError:
+            ok = False
     elif ok and dotted == "server.command" and value is not None:
         ok = bool(value) and all(isinstance(arg, str) for arg in value)
     if not ok:

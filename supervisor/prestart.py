@@ -19,11 +19,14 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
     from .backup.history import refuse_unusable_db, unshare_pre_restore
 
     paths = settings.paths
-    if not skip_backup:
-        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
+    from .schedule import interval
+
+    try:  # a bad SPARKQ_BACKUP_KEEP or _INTERVAL stops us before first-run set-up writes anything
+        if not skip_backup:
             settings.backup_keep()
-        except SparkqError as exc:
-            raise _not_started(exc) from None
+        interval(settings)
+    except SparkqError as exc:
+        raise _not_started(exc) from None
     refuse_unusable_db(paths)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
@@ -65,6 +68,9 @@ def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):
                                prune=False, skip_unchanged=True)
     except SparkqError as exc:
         raise _not_started(exc) from None
+    from .schedule import note_backup
+
+    note_backup(settings.paths, result)  # the schedule counts from this one
     return result, result.text() or result.notice
 
 

@@ -33,6 +33,10 @@ class StatusResult:
     db_size: int | None = None
     newest_backup: str | None = None
     newest_backup_age_s: float | None = None
+    next_backup_in_s: float | None = None  # None: no supervisor schedules backups now
+    backup_running: bool = False
+    last_backup_error: str | None = None
+    last_backup_failed_at: float | None = None  # epoch seconds
     notice: str | None = None
     warnings: list[str] = field(default_factory=list)
     offsite: dict | None = None  # backup/offsite_state.summary: pending bundles, last failure
@@ -77,6 +81,13 @@ class StatusResult:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
         else:
             lines.append("  newest backup: none")
+        if self.backup_running:
+            lines.append("  next backup: running now (scheduled)")
+        elif self.next_backup_in_s is not None:
+            lines.append(f"  next backup: in {_duration(self.next_backup_in_s)} (scheduled)")
+        if self.last_backup_error:
+            ago = _duration(max(time.time() - (self.last_backup_failed_at or time.time()), 0.0))
+            lines.append(f"  last backup failed {ago} ago: {self.last_backup_error}")
         if self.offsite:
             from .backup.offsite_state import summary_text
 
@@ -112,6 +123,10 @@ def status(settings: Settings) -> StatusResult:
         result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
                                "`start` will refuse until it is stopped (find it with: ss -ltnp)")
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
+    from .schedule import status_fields
+
+    for key, value in status_fields(paths).items():
+        setattr(result, key, value)
     result.offsite = _offsite_summary(settings)
     return result
 

@@ -126,6 +126,7 @@ class Supervisor:
     failures: deque = field(default_factory=deque)
     delay: float = 1.0
     server_pid: int | None = None
+    schedule: object | None = None  # schedule.BackupSchedule, once the server first got healthy
 
     def __post_init__(self) -> None:
         self.state = own_state(self.mode)
@@ -144,8 +145,10 @@ class Supervisor:
         return self.signals.stopping
 
     def periodic(self) -> None:
-        """Work on a timer while the server runs (scheduled backups, off-site pushes): called
-        from the loop about every 0.1 s, between checks; keep each call short."""
+        """Work on a timer while the server runs (scheduled backups, which push off-site after
+        them): called from the loop about every 0.1 s, between checks; keep each call short."""
+        if self.schedule is not None:
+            self.schedule.step(time.time())  # starts or reaps a backup child; never blocks
 
     def first_start(self, trigger: str, skip_backup: bool, **launch_options):
         """The first start: its failure is reported at once, never retried while a person waits."""
@@ -158,6 +161,17 @@ class Supervisor:
 
     def supervise(self, launched) -> int:
         """Keep the server up until a stop is asked or restarts give up; the exit status."""
+        if launched.info is not None:
+            from .schedule import BackupSchedule
+
+            self.schedule = BackupSchedule(self.settings)
+        try:
+            return self._keep_up(launched)
+        finally:
+            if self.schedule is not None:  # first: a backup must not outlive the supervisor
+                self.schedule.stop()
+
+    def _keep_up(self, launched) -> int:
         while True:
             self.save(state="running", next_retry_at=None)
             rc, hung = self._watch(launched)

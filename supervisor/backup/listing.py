@@ -47,7 +47,7 @@ class BackupList:
         return "\n".join(lines)
 
 
-_HEADER = ("#", "Name", "Format", "DB size", "yml", "Prompts", "Config", "Created", "Integrity")
+_HEADER = ("#", "Name", "Format", "DB size", "yml", "Prompts", "Config", "Created", "Trigger", "Integrity")
 
 
 def _table(entries: list[Entry]) -> list[str]:
@@ -65,6 +65,7 @@ def _table(entries: list[Entry]) -> list[str]:
             str(counts.get("prompts", "-")) + mark,
             str(counts.get("config_entries", "-")) + mark,
             e.created_at.astimezone().strftime("%Y-%m-%d %H:%M"),
+            e.trigger or "-",
             integrity.splitlines()[0] if integrity else "-",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(_HEADER))]

@@ -66,7 +66,8 @@ def test_status_json_keys_when_stopped(project, fake):
     data = json.loads(result.stdout)
     assert set(data) == {"running", "state", "pid", "supervisor_pid", "restarts", "last_exit", "next_retry_in_s",
                          "reason", "started_at", "uptime_s", "url", "health", "db_path", "db_size",
-                         "newest_backup", "newest_backup_age_s", "notice", "warnings"}
+                         "newest_backup", "newest_backup_age_s", "next_backup_in_s", "backup_running",
+                         "last_backup_error", "last_backup_failed_at", "notice", "warnings"}
     assert data["running"] is False and data["pid"] is None and data["state"] == "stopped"
     assert data["health"]["ok"] is False  # always an object
 
