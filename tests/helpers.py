@@ -157,6 +157,10 @@ def base_env(root: Path) -> dict[str, str]:
     env["SPARKQ_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
     env["TZ"] = "UTC"  # hand-built legacy names are UTC stamps; tests of local time set their own TZ
+    # No scheduled backups unless a test asks for them (drop this from project.env): a supervisor
+    # would otherwise back up soon after start whenever the newest bundle is old, as hand-built
+    # ones are, and change what a test counts.
+    env["SPARKQ_BACKUP_INTERVAL"] = "off"
     return env
 
 

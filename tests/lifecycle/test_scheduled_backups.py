@@ -22,6 +22,7 @@ INTERVAL = 2
 
 
 def _config(project, interval=INTERVAL, extra: str = "") -> None:
+    project.env.pop("SPARKQ_BACKUP_INTERVAL", None)  # helpers turn the schedule off for other tests
     project.write_config(f"backup:\n  interval: {interval}\n{extra}")
 
 
