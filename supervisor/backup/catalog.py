@@ -28,7 +28,6 @@ from typing import Any
 
 from ..errors import BackupNotFound, SparkqError, UsageError, VerificationFailed
 from . import manifest as manifests
-from .dbfiles import open_backup_db
 from .layout import (
     BUNDLE_RE, DB_NAME, ENV_NAME, LEGACY_RE, ORIGINAL_VERSION, PRE_RESTORE_PREFIX, WAL_NAME, YML_NAME, name_time,
 )
@@ -218,6 +217,8 @@ class Entry:
 
         from sparkq import storage
 
+        from .dbfiles import open_backup_db  # status lists backups: SQLite only when needed
+
         try:
             with open_backup_db(db, wal) as conn:
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -237,6 +238,8 @@ class Entry:
         import sqlite3
 
         from sparkq import storage
+
+        from .dbfiles import open_backup_db  # status lists backups: SQLite only when needed
 
         try:
             with open_backup_db(db, wal) as conn:

@@ -38,11 +38,14 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..fsutil import temp_entry, temp_of  # noqa: F401 - the temp-name scheme, part of this spec
+
+if TYPE_CHECKING:
+    import sqlite3
 
 # --- versions --------------------------------------------------------------------------------
 BACKUP_VERSION = "2.0"  # what we write
@@ -137,4 +140,6 @@ def readonly_uri(db: Path) -> str:
 
 def open_readonly(db: Path) -> sqlite3.Connection:
     """A connection to a backup's (or a fresh snapshot's) database that changes nothing."""
+    import sqlite3  # here: listing backups (status) must not pay for importing SQLite
+
     return sqlite3.connect(readonly_uri(db), uri=True, check_same_thread=False)
