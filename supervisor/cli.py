@@ -172,7 +172,7 @@ def backup(as_json: bool = JsonOpt) -> None:
 @app.command("backup-list")
 def backup_list(as_json: bool = JsonOpt) -> None:
     """List backups, 1 = newest; pre-restore bundles are listed apart, by name."""
-    from .backup.catalog import list_backups
+    from .backup.listing import list_backups
 
     _emit(list_backups(_settings(lenient=True)), as_json)
 
@@ -183,7 +183,7 @@ def backup_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a backup's manifest and every file with its size (never the content of .env)."""
-    from .backup.catalog import show_backup
+    from .backup.listing import show_backup
 
     _emit(show_backup(_settings(lenient=True), ref), as_json)
 

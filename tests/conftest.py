@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,16 @@ time.tzset()
 
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true", help="run the long fault suite (more iterations)")
+
+
+@pytest.fixture(scope="session")
+def seed_db(tmp_path_factory) -> Path:
+    """A set-up, checkpointed SparkQ database (33 prompts, ...) to copy into backups."""
+    from sparkq import storage
+
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
+    storage.setup_database(path)
+    return path
 
 
 @pytest.fixture

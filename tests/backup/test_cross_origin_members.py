@@ -67,3 +67,60 @@ def test_retention_removes_every_file_of_a_legacy_backup(project, tmp_path):
     retention.prune(config.load(), 1)
     assert sorted(p.name for p in project.backup_dir.iterdir() if not p.name.startswith(".")) == [
         "sparkq_20250102_000000.db", "sparkq_20250102_000000.env", "sparkq_20250102_000000.yml"]
+
+
+def _add_role(db: Path, key: str) -> int:
+    conn = sqlite3.connect(db)
+    cur = conn.execute("INSERT INTO agent_roles (key, label, description, created_at, updated_at)"
+                       " VALUES (?, ?, 'd', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')", (key, key))
+    conn.commit()
+    conn.close()
+    return cur.lastrowid
+
+
+def test_merge_never_takes_a_numbered_role_for_another_with_the_same_number(tmp_path):
+    """Two databases number their roles on their own: number 9 is custom_a in one and custom_b
+    in the other. The merge matches roles by key, so neither is overwritten."""
+    from sparkq import storage
+    from supervisor.backup.merge import merge_tables
+
+    live, backup = tmp_path / "live.db", tmp_path / "backup.db"
+    storage.setup_database(live)
+    storage.setup_database(backup)
+    assert _add_role(live, "custom_b") == _add_role(backup, "custom_a")
+
+    result = merge_tables(live, backup, ["agent_roles"])["agent_roles"]
+
+    conn = sqlite3.connect(live)
+    keys = {k for (k,) in conn.execute("SELECT key FROM agent_roles")}
+    conn.close()
+    assert {"custom_a", "custom_b"} <= keys, keys
+    assert (result.added, result.skipped) == (1, 0), result
+
+
+def test_merge_skips_a_row_whose_parent_the_live_database_lacks(tmp_path):
+    """A backup tool pointing at a task class the live database lacks is skipped and listed;
+    the other rows merge (foreign keys are deferred to the commit, so the check is per row)."""
+    from sparkq import storage
+    from supervisor.backup.merge import merge_tables
+
+    live, backup = tmp_path / "live.db", tmp_path / "backup.db"
+    storage.setup_database(live)
+    storage.setup_database(backup)
+    conn = sqlite3.connect(backup)
+    conn.execute("INSERT INTO task_classes (name, timeout, created_at, updated_at)"
+                 " VALUES ('huge', 9999, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+    conn.execute("INSERT INTO tools (name, task_class, created_at, updated_at)"
+                 " VALUES ('mytool', 'huge', '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+    conn.execute("UPDATE tools SET description = 'from the backup' WHERE name != 'mytool'")
+    conn.commit()
+    conn.close()
+
+    result = merge_tables(live, backup, ["tools"])["tools"]
+
+    assert result.skipped == 1 and result.skipped_rows[0]["key"] == {"name": "mytool"}, result
+    assert "FOREIGN KEY" in result.skipped_rows[0]["reason"]
+    conn = sqlite3.connect(live)
+    described = conn.execute("SELECT count(*) FROM tools WHERE description = 'from the backup'").fetchone()[0]
+    conn.close()
+    assert described == result.written > 0
