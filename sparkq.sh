@@ -86,7 +86,9 @@ owner_note() {
 ensure_venv() {
   local extra="${1:-}" want stamp="$VENV/.sparkq-installed"
   if [ -e "$VENV" ] || [ -L "$VENV" ]; then
-    if [ -e "$VENV/bin/python" ] && [ ! -x "$VENV/bin/python" ]; then
+    if [ -d "$VENV" ] && { [ ! -x "$VENV" ] || [ ! -r "$VENV" ]; }; then
+      die "$VENV cannot be entered by you; $(owner_note)"  # e.g. another user's 0700 .venv
+    elif [ -e "$VENV/bin/python" ] && [ ! -x "$VENV/bin/python" ]; then
       die "$VENV/bin/python cannot be executed by you; $(owner_note)"
     elif [ ! -x "$VENV/bin/python" ]; then
       die "$VENV has no working bin/python; if it is broken, remove it yourself (rm -rf $VENV) and run again"

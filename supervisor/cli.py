@@ -208,7 +208,7 @@ def backup_list(
 
         _emit(list_offsite(_settings(lenient=True)), as_json)
         return
-    from .backup.catalog import list_backups
+    from .backup.listing import list_backups
 
     _emit(list_backups(_settings(lenient=True)), as_json)
 
@@ -219,7 +219,7 @@ def backup_show(
     as_json: bool = JsonOpt,
 ) -> None:
     """Show a backup's manifest and every file with its size (never the content of .env)."""
-    from .backup.catalog import show_backup
+    from .backup.listing import show_backup
 
     _emit(show_backup(_settings(lenient=True), ref), as_json)
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -28,34 +30,58 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+# One temp-name scheme for the whole project: `.tmp-<name>-<pid>` beside the final place. The
+# PID lets the next writer remove what a dead one left; the leading dot keeps it out of listings.
+# Atomic writes used `.<name>.tmp-<pid>` before; temp_of still reads that form, so such leftovers
+# are cleaned up too.
+_TEMP_RE = re.compile(r"\.tmp-(?P<name>.+)-(?P<pid>\d+)")
+_OLD_TEMP_RE = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>\d+)")
+
+
+def temp_entry(name: str, pid: int | None = None) -> str:
+    """The hidden temp name for `name` (a file or folder) written by `pid` (default: us)."""
+    return f".tmp-{name}-{os.getpid() if pid is None else pid}"
+
+
+def temp_of(entry: str) -> tuple[str, int] | None:
+    """(the name it stands for, the writer's PID) when `entry` is a temp name, else None."""
+    match = _TEMP_RE.fullmatch(entry) or _OLD_TEMP_RE.fullmatch(entry)
+    return (match["name"], int(match["pid"])) if match else None
+
+
 def temp_name(target: Path) -> Path:
     """A hidden name beside `target`, on the same filesystem, so a rename onto it is atomic."""
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    return target.with_name(temp_entry(target.name))
 
 
 def remove_stale_temps(target: Path) -> None:
     """Delete temp files (or work dirs) of `target` left by writers that died mid-write.
 
-    Only names `temp_name` makes, and only when the PID in the name is not alive: a writer that
+    Only temp names of `target`, and only when the PID in the name is not alive: a writer that
     still runs keeps its file. Without this, each crash while restoring the database would leave
     a hidden full-size copy of it beside the live one for good.
     """
-    prefix = f".{target.name}.tmp-"
     try:
         names = os.listdir(target.parent)
     except OSError:
         return
     for name in names:
-        pid = name[len(prefix):] if name.startswith(prefix) else ""
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            path = target.parent / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    os.unlink(path)
-            except OSError:
-                pass
+        temp = temp_of(name)
+        if temp is None or temp[0] != target.name:
+            continue
+        if temp[1] != os.getpid() and not pid_alive(temp[1]):
+            remove_entry(target.parent / name)
+
+
+def remove_entry(path: Path) -> None:
+    """Remove a file or a whole folder (never following a symlink); gone already is fine."""
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:
@@ -149,3 +175,55 @@ def private_mkdir(path: Path) -> None:
     """Create `path` (and parents) with mode 0700 whatever the umask."""
     path.mkdir(parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+# --- publishing under a name nobody else has -------------------------------------------------------
+
+
+def publish_noreplace(src: Path, folder: Path, names) -> Path:
+    """Rename `src` into `folder` under the first of `names` that is free; never replaces anything.
+
+    Two writers that pick the same name at once both succeed: the second moves on to the next.
+    Raises FileExistsError when every name is taken, OSError for any other failure.
+    """
+    for name in names:
+        final = folder / name
+        try:
+            rename_noreplace(src, final)
+            return final
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                raise
+    raise FileExistsError(errno.EEXIST, "every candidate name is taken", str(folder))
+
+
+_renameat2: Any = None
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails with EEXIST instead of replacing (renameat2 RENAME_NOREPLACE).
+
+    Where the kernel or filesystem lacks the flag, a check then a rename: only a writer racing
+    in that instant could be replaced, and bundle writers reserve their names first.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _renameat2 = (fn, ctypes)
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if _renameat2:
+        fn, ctypes = _renameat2
+        at_fdcwd, noreplace = -100, 1
+        if fn(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks the flag
+            raise OSError(err, os.strerror(err), str(dst))
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)

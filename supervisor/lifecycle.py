@@ -18,7 +18,7 @@ from . import log, process
 from .errors import SparkqError, StartFailed, UsageError
 from .fmt import human_size
 from .interrupts import sigterm_unwinds
-from .locking import supervisor_lock
+from .locking import file_lock
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -131,12 +131,12 @@ class StatusResult:
 
 
 def start(settings, *, skip_backup: bool = False) -> StartResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         return _start_locked(settings, trigger="start", skip_backup=skip_backup)
 
 
 def restart(settings, *, skip_backup: bool = False) -> StartResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         info, _ = process.identify(settings.paths)
         if info is not None and info.mode == "run" and _alive(info.supervisor_pid):
             raise SparkqError(
@@ -180,7 +180,7 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
                 raise
         except BaseException:
             if backup_text:  # the backup was taken (or found unchanged) all the same: say so
-                print(backup_text, file=sys.stderr)
+                print(backup_text)  # stdout, as on success: stderr keeps the one-line error
             raise
         backup_text = _prune_after_healthy(settings, backup) or backup_text
     _push_offsite(settings, backup)
@@ -191,7 +191,7 @@ def _start_locked(settings, *, trigger: str, skip_backup: bool, notices: list[st
 
 def _prepare(settings, notices: list[str], skip_backup: bool):
     """First-run set-up, exposure warning and port check: everything before the backup."""
-    from .backup.history import unshare_pre_restore
+    from .backup.history import refuse_unusable_db, unshare_pre_restore
 
     paths = settings.paths
     if not skip_backup:
@@ -199,7 +199,7 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
             settings.backup_keep()
         except SparkqError as exc:
             raise _not_started(exc) from None
-    _refuse_unusable_db_over_backups(paths)
+    refuse_unusable_db(paths)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
     unshare_pre_restore(settings)
@@ -222,60 +222,6 @@ def _prepare(settings, notices: list[str], skip_backup: bool):
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
     return settings
-
-
-def _refuse_unusable_db_over_backups(paths) -> None:
-    """A DB that is missing, empty, not SQLite, or has none of SparkQ's tables, with backups
-    beside it, is an accident (deleted or truncated file, wrong database.path), not a first run:
-    starting would seed an empty DB and back it up as if it were good."""
-    from .backup.catalog import scan
-
-    problem = _db_unusable(paths.db)
-    if problem is None:
-        return
-    try:
-        regular = scan(paths.backup_dir)[0]
-    except (OSError, SparkqError):
-        return
-    if regular:
-        fresh = "run ./sparkq.sh setup" if problem == "is missing" else "move it aside and run ./sparkq.sh setup"
-        raise UsageError(
-            f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
-            f"with ./sparkq.sh backup-restore 1 --db-only, or {fresh} to start empty"
-        )
-
-
-def _db_unusable(db) -> str | None:
-    """Why `db` cannot be a SparkQ database (ours or the original's), or None. Only what is
-    certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""
-    import sqlite3
-
-    from sparkq.storage import TABLES
-
-    try:
-        with open(db, "rb") as fh:
-            head = fh.read(16)
-    except FileNotFoundError:
-        return "is missing"
-    except OSError:
-        return None
-    if not head:
-        return "is empty (0 bytes)"
-    if head != b"SQLite format 3\x00":
-        return "is not a SQLite database"
-    try:
-        # A short wait: a DB held locked is in use by something, and the backup reports that.
-        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=0.5)
-        try:
-            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
-        return "is not a SQLite database" if code == sqlite3.SQLITE_NOTADB else None
-    if not names & set(TABLES):
-        return "has none of SparkQ's tables"
-    return None
 
 
 def _pre_start_backup(settings, trigger: str, skip_backup: bool):
@@ -352,7 +298,7 @@ def _discard(settings, spawned: process.Spawned) -> None:
 
 
 def stop(settings) -> StopResult:
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         return _stop_locked(settings)
 
 
@@ -474,7 +420,7 @@ def run(settings, *, skip_backup: bool = False) -> int:
     forwarder = _Forwarder(notifier, float(settings.get("server.stop_timeout")))
     # The lock covers backup, spawn and readiness only: once the server is healthy, `status` and
     # `stop` from another shell must work while this process keeps running.
-    with supervisor_lock(settings.paths.lockfile):
+    with file_lock(settings.paths.lockfile):
         spawned, info = _run_start_locked(settings, notifier, forwarder, skip_backup)
     try:
         if info is not None:

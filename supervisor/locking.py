@@ -1,4 +1,8 @@
-"""The supervisor lock: one flock that serializes start, stop, restart, backup placement and restore.
+"""File locks (flock) that tell who they wait for.
+
+`file_lock` on the project's lock file (`Paths.lockfile`) is the supervisor lock: it serializes
+start, stop, restart, setup and restore, and keeps backups (which hold it shared) away from
+them. The same lock on `<backup dir>/.retention.lock` serializes deleting backups.
 
 A command that has to wait says at once who it waits for (PID and command), and says it again if
 it gives up. The holder is found in /proc/locks, which the kernel keeps exact: a holder that died
@@ -23,8 +27,8 @@ _PROC_LOCKS = Path("/proc/locks")
 
 
 @contextlib.contextmanager
-def supervisor_lock(lockfile: Path, *, wait: float = DEFAULT_WAIT, shared: bool = False) -> Iterator[None]:
-    """Hold an exclusive flock on `lockfile`, waiting up to `wait` seconds for another command.
+def file_lock(lockfile: Path, *, wait: float = DEFAULT_WAIT, shared: bool = False) -> Iterator[None]:
+    """Hold an exclusive flock on `lockfile`, waiting up to `wait` seconds for another holder.
 
     `shared` lets several holders in at once (manual backups) while keeping out the exclusive
     ones (start, stop, restart, setup, restore) and being kept out by them.

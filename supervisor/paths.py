@@ -72,6 +72,16 @@ class Paths:
     def supervisor_log(self) -> Path:
         return self.log_dir / self._log_name("supervisor.log")
 
+    @property
+    def project_id_file(self) -> Path:
+        """This project's id (see backup/history.py), named after the database like the rest."""
+        return self.data_dir / self._log_name("project_id")
+
+    @property
+    def restored_from_file(self) -> Path:
+        """The bundle the last restore came from, which retention spares."""
+        return self.data_dir / self._log_name("restored_from.json")
+
     def _log_name(self, name: str) -> str:
         return name if self._stem == "sparkq" else f"{self._stem}-{name}"
 

@@ -39,9 +39,9 @@ class SetupResult:
 def run_setup(settings: Settings, *, reseed: bool = False, locked: bool = False) -> SetupResult:
     """`locked`: the caller (a first start) already holds the supervisor lock."""
     if not locked:
-        from .locking import supervisor_lock
+        from .locking import file_lock
 
-        with supervisor_lock(settings.paths.lockfile):
+        with file_lock(settings.paths.lockfile):
             return _setup(settings, reseed)
     return _setup(settings, reseed)
 

@@ -1,12 +1,32 @@
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
 import pytest
 
 from helpers import Project, Reaper, base_env, free_port
 
 
+# Legacy backups are named in local time: the in-process catalog reads hand-built UTC stamps as
+# the helpers' subprocesses do (base_env sets TZ=UTC), whatever zone the machine is in.
+os.environ["TZ"] = "UTC"
+time.tzset()
+
+
 def pytest_addoption(parser):
     parser.addoption("--long", action="store_true", help="run the long fault suite (more iterations)")
+
+
+@pytest.fixture(scope="session")
+def seed_db(tmp_path_factory) -> Path:
+    """A set-up, checkpointed SparkQ database (33 prompts, ...) to copy into backups."""
+    from sparkq import storage
+
+    path = tmp_path_factory.mktemp("seed") / "seed.db"
+    storage.setup_database(path)
+    return path
 
 
 @pytest.fixture

@@ -19,18 +19,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import psutil
-import pytest
+
+from bench.proc import free_port  # noqa: F401 - one definition, shared with the benchmarks
+from supervisor.paths import Paths
 
 REPO = Path(__file__).resolve().parent.parent
 SPARKQ_SH = REPO / "sparkq.sh"
 VENV_BIN = Path(sys.executable).parent
 SPARKQ_BIN = VENV_BIN / "sparkq"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
@@ -55,20 +51,25 @@ class Project:
     reaper: "Reaper | None" = None
 
     @property
+    def paths(self) -> Paths:
+        """Where the supervisor looks with the default config: the same code decides both."""
+        return Paths.default(self.root)
+
+    @property
     def db(self) -> Path:
-        return self.root / "sparkq" / "data" / "sparkq.db"
+        return self.paths.db
 
     @property
     def backup_dir(self) -> Path:
-        return self.root / "sparkq" / "data" / "backups"
+        return self.paths.backup_dir
 
     @property
     def config(self) -> Path:
-        return self.root / "sparkq.yml"
+        return self.paths.config_file
 
     @property
     def pidfile(self) -> Path:
-        return self.root / "sparkq" / "data" / "sparkq.pid"
+        return self.paths.pidfile
 
     @property
     def url(self) -> str:
@@ -147,6 +148,7 @@ def base_env(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPARKQ_", "NOTIFY_SOCKET", "PYTEST_"))}
     env["SPARKQ_ROOT"] = str(root)
     env["PYTHONUNBUFFERED"] = "1"
+    env["TZ"] = "UTC"  # hand-built legacy names are UTC stamps; tests of local time set their own TZ
     return env
 
 
@@ -164,26 +166,22 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """`proc` when it exited 0; otherwise fail showing its exit code and output."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
+    return proc
+
+
 def no_traceback(proc) -> None:
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout, proc.stderr
-
-
-@pytest.fixture(scope="session")
-def seed_db(tmp_path_factory) -> Path:
-    """A set-up, checkpointed SparkQ database (33 prompts, ...) to copy into backups."""
-    from sparkq import storage
-
-    path = tmp_path_factory.mktemp("seed") / "seed.db"
-    storage.setup_database(path)
-    return path
 
 
 @lru_cache(maxsize=8)
 def _facts(db: Path) -> tuple[dict, dict]:
     from sparkq import storage
-    from supervisor.backup import catalog, exports
+    from supervisor.backup import dbfiles, exports
 
-    with catalog.open_backup_db(db) as conn:
+    with dbfiles.open_backup_db(db) as conn:
         return storage.counts(conn), exports.render_exports(conn)
 
 
@@ -294,6 +292,8 @@ def tree_state(path: Path) -> dict[str, str]:
         for name in dirs + files:
             p = base / name
             rel = p.relative_to(path).as_posix()
+            if name.endswith(".lock"):
+                continue  # lock files name their last holder: runtime state, not data
             if p.is_symlink():
                 out[rel] = "link:" + os.readlink(p)
             elif p.is_dir():

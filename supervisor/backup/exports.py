@@ -13,21 +13,21 @@ import json
 import sqlite3
 
 from ..errors import VerificationFailed
+from .layout import EXPORT_FILES
 
-# kind -> (file in the bundle, table, columns BACKUP.md shows first; the rest follow)
-EXPORTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "config": ("config_export.json", "config", ("namespace", "key", "value")),
-    "tools": ("tools_export.json", "tools", ("name", "description", "task_class")),
-    "task-classes": ("task_classes_export.json", "task_classes", ("name", "timeout")),
-    "prompts": (
-        "prompts_export.json",
-        "prompts",
-        ("id", "command", "label", "template_text", "description", "category", "active"),
-    ),
-    "agent-roles": ("agent_roles_export.json", "agent_roles", ("key", "label", "description", "active")),
-    "projects": ("projects_export.json", "projects", ("id", "name", "repo_path", "prd_path")),
+# kind -> (table, columns BACKUP.md shows first; the rest follow)
+_TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "config": ("config", ("namespace", "key", "value")),
+    "tools": ("tools", ("name", "description", "task_class")),
+    "task-classes": ("task_classes", ("name", "timeout")),
+    "prompts": ("prompts", ("id", "command", "label", "template_text", "description", "category", "active")),
+    "agent-roles": ("agent_roles", ("key", "label", "description", "active")),
+    "projects": ("projects", ("id", "name", "repo_path", "prd_path")),
 }
-EXPORT_FILES = tuple(spec[0] for spec in EXPORTS.values())
+# kind -> (file in the bundle, table, shown columns)
+EXPORTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    kind: (EXPORT_FILES[kind], table, shown) for kind, (table, shown) in _TABLES.items()
+}
 
 
 def rows(conn: sqlite3.Connection, kind: str) -> list[dict]:
@@ -76,7 +76,7 @@ def read_export(path) -> str:
 def export_problems(entry) -> list[str]:
     """Why the exports of bundle `entry` cannot be read, one line each (empty: all readable)."""
     problems = []
-    for filename in EXPORT_FILES:
+    for filename in EXPORT_FILES.values():
         try:
             path = entry.member(filename)
             if path is not None:
@@ -90,7 +90,8 @@ def export_problems(entry) -> list[str]:
 
 def export_json(settings, ref: str, kind: str) -> str:
     """The export `kind` of backup `ref`, as JSON text: the bundle's file, else read from its DB."""
-    from .catalog import open_backup_db, resolve
+    from .catalog import resolve
+    from .dbfiles import open_backup_db
 
     entry = resolve(settings, ref)
     filename = EXPORTS[kind][0]

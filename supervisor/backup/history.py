@@ -1,17 +1,21 @@
 """The rules that keep the backup history: whose bundles count, when a new one is not needed,
 which ones retention must spare, and making room on a full disk.
 
-- **Project identity.** Each project has a random id in its data dir (`sparkq/data/project_id`),
-  written into every manifest as `project_id`. It lives in the project folder, not in the
-  database: moving the folder keeps it, restoring another project's database does not turn this
-  project into that one, and a fresh clone (a new machine) starts a new id unless the data dir
-  was copied along. Retention counts and prunes only bundles of this project; bundles without
+- **Project identity.** Each project has a random id beside its database
+  (`sparkq/data/project_id`; `DIR/NAME-project_id` for a database `DIR/NAME.db`, so two databases
+  in one folder are two projects), written into every manifest as `project_id`. It is a file,
+  not a row of the database: moving the project folder keeps it, restoring another project's
+  database does not turn this project into that one, and a fresh clone (a new machine) starts a
+  new id unless the data dir was copied along. Pointing `database.path` elsewhere starts a new
+  id too: the bundles taken before then are kept (never pruned) and a restore plan names them.
+  Retention counts and prunes only bundles of this project; bundles without
   the key (the original SparkQ's, legacy files, ours from before the key) count as this one's.
 - **Unchanged.** A pre-start backup whose snapshot and config files are byte-identical to the
   newest bundle of this project (which still verifies for those members) writes nothing: a
   series of starts, failed or not, cannot push good history out. The SQLite backup API gives
   byte-identical snapshots of unchanged content, so the snapshot's checksum is an exact test.
-- **Restored from.** A restore notes the bundle it came from (`sparkq/data/restored_from.json`);
+- **Restored from.** A restore notes the bundle it came from (`sparkq/data/restored_from.json`,
+  beside the database the restored config uses);
   retention spares that bundle until the next restore, so the first start after restoring an
   old bundle cannot prune it.
 - **Pre-restore links.** A pre-restore bundle still hard-linked to the live database gets its own
@@ -30,15 +34,8 @@ from pathlib import Path
 
 from .. import log
 from ..fsutil import atomic_write_bytes, sha256_file
+from .layout import CONFIG_MEMBERS, DB_NAME, PRE_RESTORE_PREFIX, PROJECT_KEY, TEMPLATES_MEMBER, WAL, sidecar
 
-PRE_RESTORE_PREFIX = "sparkq_preRestore"
-PROJECT_ID_FILE = "project_id"
-RESTORED_FROM_FILE = "restored_from.json"
-MANIFEST_KEY = "project_id"
-DB_NAME = "sparkq.db"
-# The bundle members copied from files (the rest is the database and exports read from it).
-CONFIG_NAMES = ("sparkq.yml", ".env")
-TEMPLATES_PREFIX = "setup_templates/"
 # Room beside the snapshot for the exports (small tables only) and the manifest.
 _SLACK = 1 << 20
 
@@ -97,11 +94,11 @@ def unshare_pre_restore(settings) -> list[str]:
 
 def project_id(paths, *, create: bool = False) -> str | None:
     """This project's id; with `create`, make one when there is none yet."""
-    path = paths.data_dir / PROJECT_ID_FILE
+    path = paths.project_id_file
     found = _read_id(path)
     if found or not create:
         return found
-    tmp = path.with_name(f".{PROJECT_ID_FILE}.{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
     try:
         paths.data_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
@@ -130,7 +127,7 @@ def _read_id(path: Path) -> str | None:
 
 def owner(entry) -> str | None:
     """The project id a backup was taken by; None when it carries no mark."""
-    value = (entry.manifest or {}).get(MANIFEST_KEY)
+    value = (entry.manifest or {}).get(PROJECT_KEY)
     return value if isinstance(value, str) and value else None
 
 
@@ -160,6 +157,65 @@ def origin_warnings(entry, settings) -> list[str]:
     return warnings
 
 
+# --- a database that cannot be SparkQ's, while backups exist ------------------------------
+
+
+def refuse_unusable_db(paths) -> None:
+    """A DB that is missing, empty, not SQLite, or has none of SparkQ's tables, with backups
+    beside it, is an accident (deleted or truncated file, wrong database.path), not a first run:
+    starting would seed an empty DB, and a backup of it would push the good ones out. Used by
+    start/run/restart and by every regular backup."""
+    from ..errors import SparkqError, UsageError
+    from .catalog import scan
+
+    problem = db_unusable(paths.db)
+    if problem is None:
+        return
+    try:
+        regular = ours(scan(paths.backup_dir)[0], project_id(paths))
+    except (OSError, SparkqError):
+        return
+    if regular:
+        fresh = "run ./sparkq.sh setup" if problem == "is missing" else "move it aside and run ./sparkq.sh setup"
+        raise UsageError(
+            f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
+            f"with ./sparkq.sh backup-restore 1 --db-only, or {fresh} to start empty"
+        )
+
+
+def db_unusable(db) -> str | None:
+    """Why `db` cannot be a SparkQ database (ours or the original's), or None. Only what is
+    certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""
+    import sqlite3
+
+    from sparkq.storage import TABLES
+
+    try:
+        with open(db, "rb") as fh:
+            head = fh.read(16)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError:
+        return None
+    if not head:
+        return "is empty (0 bytes)"
+    if head != b"SQLite format 3\x00":
+        return "is not a SQLite database"
+    try:
+        # A short wait: a DB held locked is in use by something, and the backup reports that.
+        conn = sqlite3.connect(db.absolute().as_uri() + "?mode=ro", uri=True, timeout=0.5)
+        try:
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        code = (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF
+        return "is not a SQLite database" if code == sqlite3.SQLITE_NOTADB else None
+    if not names & set(TABLES):
+        return "has none of SparkQ's tables"
+    return None
+
+
 # --- what a restore came from -----------------------------------------------------------------
 
 
@@ -167,14 +223,14 @@ def record_restore(paths, entry) -> None:
     """Note the bundle a restore came from, so retention spares it (best effort)."""
     blob = json.dumps({"name": entry.name}).encode() + b"\n"
     try:
-        atomic_write_bytes(paths.data_dir / RESTORED_FROM_FILE, blob, mode=0o600)
+        atomic_write_bytes(paths.restored_from_file, blob, mode=0o600)
     except OSError as exc:
         log.get().warning("restored_from_not_recorded", name=entry.name, error=str(exc))
 
 
 def restored_from(paths) -> str | None:
     try:
-        name = json.loads((paths.data_dir / RESTORED_FROM_FILE).read_text()).get("name")
+        name = json.loads(paths.restored_from_file.read_text()).get("name")
     except (OSError, ValueError, AttributeError):
         return None
     return name if isinstance(name, str) else None
@@ -234,11 +290,16 @@ def check_unchanged(base, snapshot: Path, members: dict[str, Path]) -> str:
     worker.join()
     if snap != sums[DB_NAME] or box.get("base") != snap:
         return snap
-    kept = {k for k in sums if k in CONFIG_NAMES or k.startswith(TEMPLATES_PREFIX)}
+    kept = {k for k in sums if k in CONFIG_MEMBERS or k.startswith(TEMPLATES_MEMBER + "/")}
     if set(members) != kept:
         return snap
     for rel, src in members.items():
         if _sha_or_none(src) != sums[rel] or _member_sha(base, rel) != sums[rel]:
+            return snap
+    # The rest (the exports, small) is derived from the database, but must still be whole on
+    # disk: the bundle that stands in for this state has to pass backup-verify.
+    for rel in set(sums) - kept - {DB_NAME}:
+        if _member_sha(base, rel) != sums[rel]:
             return snap
     raise Unchanged(base.name)
 
@@ -266,7 +327,7 @@ def room_needed(paths, members: dict[str, Path]) -> int:
     """A generous estimate of a new bundle's size: the database (and its WAL), the config files,
     and slack for the exports and manifest."""
     total = _SLACK
-    for p in (paths.db, paths.db.with_name(paths.db.name + "-wal"), *members.values()):
+    for p in (paths.db, sidecar(paths.db, WAL), *members.values()):
         try:
             total += os.stat(p).st_size
         except OSError:

@@ -8,11 +8,18 @@ the row in the way), inside a savepoint, so a clash undoes that one row and noth
 - a backup row with a primary key the live table lacks is added;
 - a backup row that clashes with a *different* live row on another unique column
   (`prompts.command`, `agent_roles.key`, ...) or breaks another constraint is skipped and listed;
-  the live row stays as it is.
+  the live row stays as it is;
+- in a table that numbers its rows (`agent_roles`, as the original SparkQ does) a number says
+  nothing across databases: two databases give number 9 to different roles, and a text id such
+  as `rol_...` from one of our older databases is no number at all. There a row is matched by
+  the table's other unique key (`key`) instead: it updates the live row with that key, or is
+  added under a new number;
+- a row whose foreign key points at nothing in the live database (a tool whose task class the
+  live database lacks) is skipped and listed like a clash.
 
 Constraints are read from the live schema, not listed here, so a table or unique index added
 later follows the same rule. All tables go in one transaction (`storage.transaction`); foreign
-keys are checked once, at its commit.
+keys are checked for each row in its savepoint, and once more at the commit.
 """
 
 from __future__ import annotations
@@ -20,12 +27,15 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+
+from .layout import readonly_uri
 
 RULE = (
     "a backup row with the same primary key as a live row updates it; a row with a new key is "
     "added; a row that clashes with a different live row on another unique column "
     "(e.g. prompts.command, agent_roles.key) is skipped and listed, and the live row is kept; "
+    "in a table that numbers its rows (agent_roles) rows are matched by their other unique key; "
+    "a row whose foreign key points at nothing in the live database is skipped and listed; "
     "no live row is ever deleted"
 )
 SHOWN_SKIPS = 5  # skipped rows listed per table in the text output (JSON lists them all)
@@ -53,7 +63,7 @@ def merge_tables(live_db: Path, source_db: Path, tables: list[str]) -> dict[str,
     try:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
-        conn.execute("ATTACH DATABASE ? AS bk", (_ro_uri(source_db),))
+        conn.execute("ATTACH DATABASE ? AS bk", (readonly_uri(source_db),))
         merged: dict[str, TableMerge] = {}
         with storage.transaction(conn):
             conn.execute("PRAGMA defer_foreign_keys=ON")  # checked once, at COMMIT
@@ -76,23 +86,32 @@ def _merge_table(conn: sqlite3.Connection, table: str) -> TableMerge:
         pk = []  # the backup lacks a key column: its rows can only be added
     quoted = ", ".join(f'"{c}"' for c in cols)
     result = TableMerge()
+    numbered = _numbered_key(live, pk)
+    orphans_before = _orphans(conn, table)  # the live table's own, not the merge's to judge
     for row in conn.execute(f'SELECT {quoted} FROM bk."{table}"').fetchall():
         result.rows += 1
         values = dict(zip(cols, row))
         key = {c: values[c] for c in pk} if pk else values
-        exists = bool(pk) and conn.execute(
-            f'SELECT 1 FROM main."{table}" WHERE {_match(pk)}', [values[c] for c in pk]).fetchone()
+        where, match = _match(pk), [values[c] for c in pk]
+        if numbered:
+            where, match = _by_other_key(conn, table, values)
+        exists = bool(where) and conn.execute(f'SELECT 1 FROM main."{table}" WHERE {where}', match).fetchone()
         conn.execute("SAVEPOINT merge_row")
         try:
             if exists:
                 others = [c for c in cols if c not in pk]
                 if others:
                     sets = ", ".join(f'"{c}" = ?' for c in others)
-                    conn.execute(f'UPDATE OR ABORT main."{table}" SET {sets} WHERE {_match(pk)}',
-                                 [values[c] for c in others] + [values[c] for c in pk])
+                    conn.execute(f'UPDATE OR ABORT main."{table}" SET {sets} WHERE {where}',
+                                 [values[c] for c in others] + match)
             else:
-                marks = ", ".join("?" for _ in cols)
-                conn.execute(f'INSERT OR ABORT INTO main."{table}" ({quoted}) VALUES ({marks})', row)
+                # In a numbered table the live database gives the row its number.
+                put = [c for c in cols if not (numbered and c in pk)]
+                names = ", ".join(f'"{c}"' for c in put)
+                marks = ", ".join("?" for _ in put)
+                conn.execute(f'INSERT OR ABORT INTO main."{table}" ({names}) VALUES ({marks})',
+                             [values[c] for c in put])
+            _check_parents(conn, table, orphans_before)
         except sqlite3.IntegrityError as exc:
             conn.execute("ROLLBACK TO merge_row")
             conn.execute("RELEASE merge_row")
@@ -103,6 +122,36 @@ def _merge_table(conn: sqlite3.Connection, table: str) -> TableMerge:
         result.written += 1
         result.added += 0 if exists else 1
     return result
+
+
+def _orphans(conn, table: str) -> set:
+    """Rowids of the live table whose foreign key points at nothing."""
+    return {r[1] for r in conn.execute(f'PRAGMA main.foreign_key_check("{table}")')}
+
+
+def _check_parents(conn, table: str, before: set) -> None:
+    """Foreign keys are checked only at COMMIT (tables go in any order), so a row whose parent
+    the live database lacks would fail the whole merge there: find it now, inside its savepoint."""
+    new = _orphans(conn, table) - before
+    if new:
+        raise sqlite3.IntegrityError("FOREIGN KEY constraint failed: it points at a row the live database lacks")
+
+
+def _numbered_key(live_info: list, pk: list[str]) -> bool:
+    """The live table numbers its rows: one INTEGER PRIMARY KEY column (SQLite's rowid)."""
+    return len(pk) == 1 and any(r[1] == pk[0] and r[2].upper() == "INTEGER" for r in live_info)
+
+
+def _by_other_key(conn, table: str, values: dict) -> tuple[str, list]:
+    """A WHERE clause matching `values` on the first other unique key the live table has (all
+    its columns present in the backup row); ('', []) when there is none."""
+    for _seq, index, unique, origin, *_ in conn.execute(f'PRAGMA main.index_list("{table}")').fetchall():
+        if not unique or origin == "pk":
+            continue
+        cols = [r[2] for r in conn.execute(f'PRAGMA main.index_info("{index}")')]
+        if cols and None not in cols and all(c in values for c in cols):
+            return _match(cols), [values[c] for c in cols]
+    return "", []
 
 
 def _match(cols: list[str]) -> str:
@@ -126,8 +175,3 @@ def _reason(conn, table: str, exc: sqlite3.IntegrityError, values: dict, pk: lis
                              [values[c] for c in cols]).fetchone()
         holder = ", ".join(str(v) for v in found) if found else None
     return f"{shown} is taken by live row {holder}" if holder else f"{shown} is already taken"
-
-
-def _ro_uri(path: Path) -> str:
-    """Read-only, no locks, no -wal/-shm created: only for files nobody else writes."""
-    return f"file:{quote(str(Path(path).resolve()))}?mode=ro&immutable=1"

@@ -115,14 +115,14 @@ def find(settings, ref: str) -> Snapshot:
 def fetch(settings, ref: str) -> str:
     """Bring snapshot REF back as a verified local bundle; returns its name (for restore)."""
     from .catalog import scan
-    from .create import _ensure_backup_dir
+    from .publish import ensure_backup_dir
     from .verify import verify_entry
 
     snap = find(settings, ref)
     if not snap.bundle:
         raise OffsiteFailed(f"snapshot {snap.id[:8]} carries no bundle name tag; it was not pushed by SparkQ")
     backup_dir = settings.paths.backup_dir
-    _ensure_backup_dir(backup_dir)
+    ensure_backup_dir(backup_dir)
     if (backup_dir / snap.bundle).exists():
         log.get().info("offsite_fetch_local", bundle=snap.bundle)
         return snap.bundle  # the same bundle is here already: restore verifies it anyway

@@ -25,24 +25,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from sparkq import storage
-
 from .. import log
 from ..errors import InUse, Interrupted, SparkqError, UsageError
+from ..fsutil import atomic_copy, fsync_dir, private_mkdir, remove_stale_temps, temp_name, temp_of
 from ..interrupts import sigterm_unwinds
-from .catalog import resolve
 from . import history
-from .create import unshare_pre_restore
-from ..fsutil import atomic_copy, fsync_dir, fsync_file, private_mkdir, remove_stale_temps, temp_name
+from .catalog import resolve
+from .dbfiles import checkpoint, db_holder, fold_copy
+from .history import unshare_pre_restore
+from .layout import DB_NAME, ENV_NAME, JOURNAL, PRE_RESTORE_PREFIX, SHM, TEMPLATES_MEMBER, WAL, YML_NAME, sidecar
 from .restore_plan import (  # noqa: F401 - MERGE_TABLES is part of this module's surface
-    MERGE_TABLES, PRE_RESTORE_PREFIX, SCOPES, TEMPLATES_MEMBER, Plan, Step, build_plan, check_tables,
-    fingerprint, label, links_live_db, real, sidecar,
+    MERGE_TABLES, SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real,
 )
-
-# SQLite's lock bytes in the main database file (see sqlite's os_unix.c): a process with the
-# database open holds a lock in this range (WAL mode: a shared lock for as long as it is open).
-_LOCK_START = 0x40000000
-_LOCK_LEN = 512
 
 _SCOPE_FLAG = {
     "full": "",
@@ -109,7 +103,7 @@ def restore_backup(
     confirm: Callable[[Plan], bool],
 ) -> RestoreResult:
     """Restore `ref` (a backup-list number or a backup name). See the module docstring."""
-    from ..locking import supervisor_lock
+    from ..locking import file_lock
 
     if scope not in SCOPES:
         raise UsageError(f"unknown restore scope {scope!r}; use one of {', '.join(SCOPES)}")
@@ -125,7 +119,7 @@ def restore_backup(
     if not answer:
         raise SparkqError("restore cancelled; nothing changed")
     try:
-        with supervisor_lock(paths.lockfile):
+        with file_lock(paths.lockfile):
             # The answer may have come minutes later: what the plan showed must still be so.
             _refuse_if_in_use(paths, plan.steps)
             if fingerprint(entry, plan.steps, paths) != plan.fingerprint:
@@ -138,7 +132,7 @@ def restore_backup(
                 result = _merge(settings, entry, tables, plan)
             else:
                 result = _place_all(settings, entry, scope, plan)
-            history.record_restore(paths, entry)  # retention spares the bundle restored from
+            history.record_restore(_paths_after(paths, plan.steps), entry)  # retention spares it
             return result
     except KeyboardInterrupt:
         # Waiting for the lock or writing the pre-restore bundle (placing files has its own
@@ -149,30 +143,39 @@ def restore_backup(
                           "bundle is removed); run it again when ready") from None
 
 
+def _paths_after(paths, steps):
+    """The paths the restored config uses: its database may live elsewhere (a full restore
+    places it where the restored sparkq.yml looks), and files kept beside it follow it."""
+    import dataclasses
+
+    db = next((s.link or s.target for s in steps if s.kind == "db"), None)
+    return dataclasses.replace(paths, db=db) if db is not None else paths
+
+
 def _remove_own_temps(backup_dir: Path) -> None:
     """Remove the half-written bundle an interrupt left (the signal can land between creating
     its temp dir and the code that would clean it up); only this process's, by its PID suffix."""
-    suffix = f"-{os.getpid()}"
     try:
         names = os.listdir(backup_dir)
     except OSError:
         return
     for name in names:
-        if name.startswith(f".tmp-{PRE_RESTORE_PREFIX}_") and name.endswith(suffix):
+        temp = temp_of(name)
+        if temp and temp[1] == os.getpid() and temp[0].startswith(PRE_RESTORE_PREFIX + "_"):
             shutil.rmtree(backup_dir / name, ignore_errors=True)
 
 
 def _unshare_first(settings) -> None:
     """Copy apart pre-restore bundles still linked to the live DB before planning (rarely needed,
     so the shared lock is taken only then): the plan's fingerprint must not change under it."""
-    from ..locking import supervisor_lock
+    from ..locking import file_lock
 
     try:
         if os.stat(settings.paths.db).st_nlink < 2:
             return
     except OSError:
         return
-    with supervisor_lock(settings.paths.lockfile, shared=True):
+    with file_lock(settings.paths.lockfile, shared=True):
         unshare_pre_restore(settings)
 
 
@@ -202,7 +205,7 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
         raise InUse(f"the server is running (PID {info.pid}); stop it first: ./sparkq.sh stop")
     dbs = dict.fromkeys([real(paths.db)] + [s.target for s in steps if s.kind == "db"])
     for db in dbs:
-        holder = _db_holder(db)
+        holder = db_holder(db)
         if holder is None:
             continue
         if holder > 0:
@@ -212,53 +215,6 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
                         "then retry")
         raise InUse(f"another process is using {db} (its PID could not be found); close the program "
                     f"that has it open (`fuser -v {db}` names it), then retry")
-
-
-def _db_holder(db: Path) -> int | None:
-    """The PID of a process that has `db` open (0 when unknown), or None; changes nothing.
-
-    First ask the kernel whether anyone holds SQLite's lock bytes (this also sees an idle
-    connection to a WAL database, which keeps a shared lock while open). Then, as SQLite itself
-    would, try `BEGIN EXCLUSIVE` without waiting. That probe is skipped when a non-empty -wal
-    lies beside the DB: closing our connection would fold it in and change the file.
-    """
-    import fcntl
-    import struct
-
-    if not db.exists():
-        return None
-    try:
-        fd = os.open(db, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        req = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, _LOCK_START, _LOCK_LEN, 0)
-        kind, _whence, _start, _len, pid = struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, req))
-        if kind != fcntl.F_UNLCK:
-            return pid
-    except OSError:
-        pass  # no POSIX locks here (some network filesystems): rely on the probe below
-    finally:
-        os.close(fd)
-    wal = sidecar(db, "-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        return None
-    try:
-        conn = sqlite3.connect(db, timeout=0, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        conn.execute("PRAGMA busy_timeout=0")
-        conn.execute("BEGIN EXCLUSIVE")
-        conn.execute("ROLLBACK")
-    except sqlite3.OperationalError as exc:
-        if storage.is_busy(exc):
-            return 0
-    except sqlite3.DatabaseError:
-        pass  # not a database (corrupt): nobody can be using it; the restore may replace it
-    finally:
-        conn.close()
-    return None
 
 
 # --- step 5: keep the current state -----------------------------------------------------------
@@ -276,12 +232,12 @@ def _pre_restore(settings, *, link: bool) -> tuple[Path, str, list[str]]:
     db = real(settings.paths.db)
     link = link and db.exists()
     if link:
-        problem = _checkpoint(db)
+        problem = checkpoint(db)
         if problem:
             notes.append(f"the current database could not be checkpointed ({problem}); "
                          "it is kept as it was in the pre-restore bundle")
     path = Path(create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=link))
-    return path, _how_kept(db, path / "sparkq.db", link), notes
+    return path, _how_kept(db, path / DB_NAME, link), notes
 
 
 def _how_kept(live: Path, kept: Path, link: bool) -> str:
@@ -293,29 +249,6 @@ def _how_kept(live: Path, kept: Path, link: bool) -> str:
     if not link:
         return "snapshot"
     return "hard link" if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) else "copy"
-
-
-def _checkpoint(db: Path) -> str | None:
-    """Fold the WAL of the (unused) live DB into it and close; returns a problem or None."""
-    busy_msg = f"another process is using {db}; close the program that has it open, then retry"
-    try:
-        conn = sqlite3.connect(db, timeout=0, isolation_level=None)
-    except sqlite3.Error as exc:
-        return str(exc)
-    try:
-        conn.execute("PRAGMA busy_timeout=0")
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    except sqlite3.OperationalError as exc:
-        if storage.is_busy(exc):
-            raise InUse(busy_msg) from None
-        return str(exc)
-    except sqlite3.DatabaseError as exc:
-        return str(exc)
-    finally:
-        conn.close()
-    if busy:
-        raise InUse(busy_msg)
-    return None
 
 
 # --- step 6: placing files --------------------------------------------------------------------
@@ -369,7 +302,7 @@ def _place(step: Step) -> None:
     if step.kind == "db":
         # The new file must never meet the old DB's WAL: after the checkpoint it is empty, so
         # removing it before the rename loses nothing, and a crash in between leaves the old DB whole.
-        for suffix in ("-wal", "-shm", "-journal"):
+        for suffix in (WAL, SHM, JOURNAL):
             sidecar(target, suffix).unlink(missing_ok=True)
         if step.wal is not None and step.wal.stat().st_size > 0:
             _place_folded(step.source, step.wal, target, step.mode)
@@ -386,7 +319,7 @@ def _place_folded(db: Path, wal: Path, target: Path, mode: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
     private_mkdir(work)
     try:
-        folded = _fold_copy(db, wal, work)
+        folded = fold_copy(db, wal, work)
         os.chmod(folded, mode)
         os.replace(folded, target)
         fsync_dir(target.parent)
@@ -394,35 +327,17 @@ def _place_folded(db: Path, wal: Path, target: Path, mode: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _fold_copy(db: Path, wal: Path, work: Path) -> Path:
-    """Copy `db` and its `wal` into `work`, checkpoint them into one stand-alone file, fsync it."""
-    out = work / "sparkq.db"
-    shutil.copyfile(db, out)
-    shutil.copyfile(wal, sidecar(out, "-wal"))
-    conn = sqlite3.connect(out, timeout=0, isolation_level=None)
-    try:
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        if busy:
-            raise sqlite3.OperationalError("could not fold the -wal into the database")
-    finally:
-        conn.close()
-    for suffix in ("-wal", "-shm"):
-        sidecar(out, suffix).unlink(missing_ok=True)
-    fsync_file(out)
-    return out
-
-
 def _roll_back(placed: list[Step], pre_path: Path, live_db: Path) -> None:
     """Put back every target already replaced, from the pre-restore bundle (or remove it)."""
     for step in reversed(placed):
-        name = {"db": "sparkq.db", "yml": "sparkq.yml", "env": ".env"}.get(
+        name = {"db": DB_NAME, "yml": YML_NAME, "env": ENV_NAME}.get(
             step.kind, f"{TEMPLATES_MEMBER}/{step.target.name}")
         saved = pre_path / name
         # A database placed where the restored config looks (not the live one) had no file before.
         moved = step.kind == "db" and step.target != live_db
         try:
             if step.kind == "db":
-                for suffix in ("-wal", "-shm"):
+                for suffix in (WAL, SHM):
                     sidecar(step.target, suffix).unlink(missing_ok=True)
             if saved.is_file() and not saved.is_symlink() and not moved:
                 atomic_copy(saved, step.target, mode=step.mode)
@@ -448,7 +363,7 @@ def _merge(settings, entry, tables: list[str], plan: Plan) -> RestoreResult:
     with tempfile.TemporaryDirectory(prefix="sparkq-merge-") as tmp:
         source = entry.db_file
         if wal is not None and wal.stat().st_size > 0:
-            source = _fold_copy(source, wal, Path(tmp))
+            source = fold_copy(source, wal, Path(tmp))
         try:
             merged = merge_tables(live, source, tables)
         except sqlite3.Error as exc:

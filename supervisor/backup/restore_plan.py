@@ -17,13 +17,12 @@ from datetime import timezone
 from pathlib import Path
 
 from ..errors import UsageError, VerificationFailed
+from .layout import DB_NAME, ENV_NAME, MANIFEST, PRE_RESTORE_PREFIX, TEMPLATES_MEMBER, WAL, WAL_NAME, YML_NAME, sidecar
 
 SCOPES = ("full", "db", "config", "yml", "env", "templates")
 # Tables `--tables` may merge, in the order they are merged: task classes before the tools that
 # point at them. Work data (sessions, queues, tasks, audit_log) is never merged.
 MERGE_TABLES = ("config", "prompts", "agent_roles", "task_classes", "tools", "projects")
-PRE_RESTORE_PREFIX = "sparkq_preRestore"
-TEMPLATES_MEMBER = "setup_templates"
 
 
 def build_plan(entry, scope: str, tables: list[str] | None, paths) -> "Plan":
@@ -123,7 +122,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     legacy = entry.format == "legacy"
     yml = None
     if scope in ("full", "config", "yml"):
-        yml = entry.legacy_yml if legacy else entry.member("sparkq.yml")
+        yml = entry.member(YML_NAME)
         if yml is None and (scope == "yml" or (scope == "config" and legacy)):
             if legacy:
                 raise UsageError(f"legacy backup {entry.name} has no sparkq.yml; use --db-only")
@@ -141,7 +140,7 @@ def _steps(entry, scope: str, paths) -> tuple[list[Step], list[str], list[str]]:
     if yml is not None:
         steps.append(_step("yml", yml, paths.config_file, 0o644))
     if scope in ("full", "config", "env"):
-        env = None if legacy else entry.member(".env")
+        env = entry.member(ENV_NAME)  # a legacy backup's loose .env beside it counts too
         if env is not None:
             step = _step("env", env, paths.env_file, 0o600)
             step.mode = 0o600  # it holds secrets, whatever mode the current one has
@@ -268,7 +267,7 @@ def _plan(entry, scope, tables, steps, notes, paths) -> Plan:
         if not counts_backup:
             got = _counts(entry.db_file, None if entry.format == "legacy" else entry.wal_file)
             counts_backup = got if isinstance(got, dict) else None
-        counts_now = _counts(live, sidecar(live, "-wal")) if live.exists() else "no database yet"
+        counts_now = _counts(live, sidecar(live, WAL)) if live.exists() else "no database yet"
     created = entry.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     return Plan(
         backup=entry.name,
@@ -315,10 +314,10 @@ def links_live_db(steps: list[Step], paths) -> bool:
 
 def fingerprint(entry, steps: list[Step], paths) -> tuple:
     """Stat of every file the plan was made from; a change means the plan is stale."""
-    files = [entry.path / "manifest.json" if entry.format == "bundle" else entry.path]
+    files = [entry.path / MANIFEST if entry.format == "bundle" else entry.path]
     files += [s.source for s in steps] + [s.target for s in steps] + [real(paths.db)]
     if entry.format == "bundle":
-        files += [entry.path / "sparkq.db", entry.path / "sparkq.db-wal"]
+        files += [entry.path / DB_NAME, entry.path / WAL_NAME]
     out = []
     for path in files:
         try:
@@ -326,7 +325,7 @@ def fingerprint(entry, steps: list[Step], paths) -> tuple:
             out.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode))
         except OSError:
             out.append((str(path), None))
-    wal = sidecar(real(paths.db), "-wal")
+    wal = sidecar(real(paths.db), WAL)
     out.append(("live -wal bytes", wal.stat().st_size if wal.exists() else 0))
     return tuple(out)
 
@@ -335,7 +334,7 @@ def _counts(db: Path | None, wal: Path | None) -> dict | str:
     """Row counts of `db` (with `wal` folded in when non-empty), read without changing either."""
     from sparkq import storage
 
-    from .catalog import open_backup_db
+    from .dbfiles import open_backup_db
 
     if db is None:
         return "no database"
@@ -369,10 +368,6 @@ def label(step: Step) -> str:
     if step.kind == "template":
         return f"{TEMPLATES_MEMBER}/{step.source.name}"
     return step.source.name
-
-
-def sidecar(db: Path, suffix: str) -> Path:
-    return db.with_name(db.name + suffix)
 
 
 def _mode(path: Path, default: int) -> int:

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 from pathlib import Path
 
 from .. import log
 from ..errors import SparkqError, UsageError
 from ..fsutil import pid_alive
-from ..locking import supervisor_lock
+from ..locking import file_lock
+from .layout import JOURNAL, SHM, WAL, sidecar, temp_entry, temp_of
 
 RETENTION_LOCK = ".retention.lock"
-# A bundle being written (or deleted) is a hidden `.tmp-<name>-<pid>` dir in the backup dir.
-TEMP_RE = re.compile(r"^\.tmp-(?P<name>.+)-(?P<pid>\d+)$")
 
 
 def prune(settings, keep: int) -> list[str]:
@@ -47,8 +45,8 @@ def prune_for(settings, keep: int, protect: str | None = None) -> tuple[list[str
 
 @contextlib.contextmanager
 def retention_lock(backup_dir: Path, *, wait: float = 60.0):
-    """Serialize deleting backups (retention; restore may hold it while it reads a bundle)."""
-    with supervisor_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
+    """Serialize deleting backups, so backups finishing at once never race each other's pruning."""
+    with file_lock(Path(backup_dir) / RETENTION_LOCK, wait=wait):
         yield
 
 
@@ -103,21 +101,21 @@ def _delete(entry, backup_dir: Path) -> None:
     path = Path(entry.path)
     if entry.format == "bundle":
         # Hide it first (one rename), so a crash half-way never leaves half a bundle listed.
-        hidden = backup_dir / f".tmp-{path.name}-{os.getpid()}"
+        hidden = backup_dir / temp_entry(path.name)
         os.rename(path, hidden)
         shutil.rmtree(hidden)
         return
-    for extra in (entry.legacy_yml, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-        if extra is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(extra)
+    for extra in (*entry.legacy_siblings, *(sidecar(path, s) for s in (WAL, SHM, JOURNAL))):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(extra)
     os.unlink(path)
 
 
 def _remove_stale_temps(backup_dir: Path) -> None:
-    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete."""
+    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete (either temp-name
+    form, layout.py)."""
     for item in os.scandir(backup_dir):
-        match = TEMP_RE.match(item.name)
-        if match and item.is_dir(follow_symlinks=False) and not pid_alive(int(match["pid"])):
+        temp = temp_of(item.name)
+        if temp and item.is_dir(follow_symlinks=False) and not pid_alive(temp[1]):
             shutil.rmtree(item.path, ignore_errors=True)
             log.get().info("backup_temp_removed", name=item.name)

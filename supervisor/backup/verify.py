@@ -14,8 +14,10 @@ from pathlib import Path
 
 from ..errors import VerificationFailed
 from ..fsutil import sha256_file
-from .catalog import DB_NAME, Entry, open_backup_db, resolve, scan
+from .catalog import Entry, resolve, scan
+from .dbfiles import open_backup_db
 from .exports import export_problems
+from .layout import DB_NAME, ORIGINAL_VERSION
 
 
 
@@ -109,7 +111,7 @@ def _check_database(entry: Entry, notes: list[str]) -> list[str]:
         more = f" (+{len(rows) - 3} more)" if len(rows) > 3 else ""
         return [f"{shown}: integrity_check failed: {'; '.join(str(r) for r in rows[:3])}{more}"]
     mismatch = _count_mismatch(entry, counted)
-    if mismatch and (entry.manifest or {}).get("backup_version") == "2.1":
+    if mismatch and (entry.manifest or {}).get("backup_version") == ORIGINAL_VERSION:
         # The original counted its live database while copying it: a difference is expected.
         notes.append(f"manifest counts differ from {DB_NAME} ({mismatch}); the original SparkQ read them from "
                      "the live database, a restore gives the database's")

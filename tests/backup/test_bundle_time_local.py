@@ -9,7 +9,7 @@ import json
 import shutil
 from datetime import datetime, timezone
 
-from helpers import make_bundle, seed_db  # noqa: F401
+from helpers import make_bundle
 
 NEW_YORK = {"TZ": "EST5"}  # POSIX form: UTC-5 all year, no zone files needed
 

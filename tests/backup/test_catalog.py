@@ -17,11 +17,11 @@ import pytest
 
 from sparkq import storage
 from supervisor import config
-from supervisor.backup import catalog
+from supervisor.backup import catalog, dbfiles, listing
 from supervisor.errors import BackupNotFound, UsageError, VerificationFailed
 
 from helpers import BUNDLE_SECRET as SECRET
-from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, seed_db, stamp  # noqa: F401
+from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, stamp
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -42,10 +42,10 @@ def test_listing_cache_follows_every_change(project, seed_db):
     bd = project.backup_dir
     for hours in range(3):
         make_bundle(bd, f"sparkq_{stamp(T0 + timedelta(hours=hours))}", seed_db)
-    first = catalog.list_backups(settings()).to_dict()
+    first = listing.list_backups(settings()).to_dict()
     cache = settings().paths.listing_cache
     assert cache.is_file() and oct(cache.stat().st_mode & 0o777) == "0o600"
-    assert catalog.list_backups(settings()).to_dict() == first  # answered from the cache
+    assert listing.list_backups(settings()).to_dict() == first  # answered from the cache
 
     newest = bd / first["backups"][0]["name"] / "manifest.json"
     manifest = json.loads(newest.read_text())
@@ -55,16 +55,16 @@ def test_listing_cache_follows_every_change(project, seed_db):
     newest.write_text(json.dumps(manifest))
     shutil.rmtree(bd / first["backups"][2]["name"])
     (bd / first["backups"][1]["name"] / "manifest.json").write_text("{broken")
-    listed = catalog.list_backups(settings()).to_dict()["backups"]
+    listed = listing.list_backups(settings()).to_dict()["backups"]
     assert [b["counts"].get("prompts") for b in listed[:1]] == [99]
     assert listed[0]["integrity_check"] == "row 7 missing from index"
     assert listed[1]["damaged"] and "not valid JSON" in listed[1]["damaged"]
     assert len(listed) == 2
 
     cache.write_text(json.dumps({"dir": "/elsewhere", "entries": {listed[0]["name"]: [[0, 0, 0], {}, None]}}))
-    assert catalog.list_backups(settings()).to_dict()["backups"] == listed  # another dir's cache is ignored
+    assert listing.list_backups(settings()).to_dict()["backups"] == listed  # another dir's cache is ignored
     cache.write_text("not json")
-    assert catalog.list_backups(settings()).to_dict()["backups"] == listed
+    assert listing.list_backups(settings()).to_dict()["backups"] == listed
 
 
 def test_lists_every_shape_newest_first(project, seed_db, tmp_path):
@@ -86,9 +86,9 @@ def test_lists_every_shape_newest_first(project, seed_db, tmp_path):
     (bd / f"sparkq_{stamp(T0)}.db-wal").write_text("")
 
     before = sorted(os.listdir(bd))
-    data = catalog.list_backups(settings()).to_dict()
+    data = listing.list_backups(settings()).to_dict()
     assert sorted(os.listdir(bd)) == before, "listing must not write beside backups"
-    assert catalog.list_backups(settings()).to_dict() == data, "the cached listing differs"
+    assert listing.list_backups(settings()).to_dict() == data, "the cached listing differs"
 
     rows = data["backups"]
     assert names(rows) == [damaged.name, f"sparkq_{stamp(T0 + timedelta(hours=3))}",
@@ -109,15 +109,15 @@ def test_lists_every_shape_newest_first(project, seed_db, tmp_path):
     assert [(r["name"], r["number"]) for r in data["pre_restore"]] == \
         [(f"sparkq_preRestore_{stamp(T0 + timedelta(hours=5))}", None)]
 
-    text = catalog.list_backups(settings()).text()
+    text = listing.list_backups(settings()).text()
     assert "Pre-restore" in text and "DAMAGED" in text and "legacy" in text
     assert text.index("sparkq_preRestore_") > text.index(f"sparkq_{stamp(T0)}.db")
 
 
 def test_no_backups_found(project):
-    assert catalog.list_backups(settings()).text() == "No backups found"  # no backup dir at all
+    assert listing.list_backups(settings()).text() == "No backups found"  # no backup dir at all
     project.backup_dir.mkdir(parents=True)
-    result = catalog.list_backups(settings())
+    result = listing.list_backups(settings())
     assert result.to_dict() == {"backups": [], "pre_restore": []}
     proc = project.cli("backup-list")
     assert proc.returncode == 0 and "No backups found" in proc.stdout
@@ -271,7 +271,7 @@ def test_damaged_manifest_is_listed_not_fatal(project, seed_db, damage, reason):
     good = make_bundle(bd, f"sparkq_{stamp(T0)}", seed_db)
     bad = make_bundle(bd, f"sparkq_{stamp(T0 - timedelta(hours=1))}", seed_db)
     damage(bad / "manifest.json")
-    result = catalog.list_backups(settings())
+    result = listing.list_backups(settings())
     data = result.to_dict()["backups"]
     assert names(data) == [good.name, bad.name]
     entry = data[1]
@@ -280,7 +280,7 @@ def test_damaged_manifest_is_listed_not_fatal(project, seed_db, damage, reason):
     assert entry["counts"]["prompts"] == 33  # read from the DB, which opens
     assert entry["db_size"] == seed_db.stat().st_size
     assert "DAMAGED" in result.text()
-    shown = catalog.show_backup(settings(), "2").to_dict()
+    shown = listing.show_backup(settings(), "2").to_dict()
     assert shown["damaged"] == entry["damaged"]
     assert "sparkq.db" in [f["path"] for f in shown["files"]]
 
@@ -308,7 +308,7 @@ def test_legacy_files_read_and_damaged_ones_do_not_crash(project, seed_db):
     for bad in regular[1:3]:
         assert bad.counts == {} and bad.integrity_check.startswith("unreadable: "), bad.integrity_check
     assert regular[3].counts in ({}, {k: 0 for k in storage.counts(sqlite3.connect(":memory:"))})
-    assert catalog.list_backups(settings()).text()
+    assert listing.list_backups(settings()).text()
     assert sorted(os.listdir(bd)) == before
 
 
@@ -396,8 +396,8 @@ def test_member_refuses_symlinks_and_escapes(project, seed_db, tmp_path):
     assert entry.member("nope.json") is None
     assert entry.member("sparkq.yml") == d / "sparkq.yml"
     # Listing still works, and shows the link without following it.
-    assert catalog.list_backups(settings()).to_dict()["backups"][0]["name"] == d.name
-    files = {f["path"]: f for f in catalog.show_backup(settings(), "1").to_dict()["files"]}
+    assert listing.list_backups(settings()).to_dict()["backups"][0]["name"] == d.name
+    files = {f["path"]: f for f in listing.show_backup(settings(), "1").to_dict()["files"]}
     assert files["sparkq.db"]["symlink"] is True and files["linkdir"]["symlink"] is True
     assert "linkdir/outside.db" not in files
 
@@ -411,7 +411,7 @@ def test_symlinked_bundle_dir_is_damaged_and_not_followed(project, seed_db, tmp_
     assert not entry.config_file_included and entry.db_size == 0
     with pytest.raises(VerificationFailed, match="symlink"):
         entry.member("manifest.json")
-    assert catalog.show_backup(settings(), "1").to_dict()["files"] == []
+    assert listing.show_backup(settings(), "1").to_dict()["files"] == []
 
 
 # --- backup-show --------------------------------------------------------------------------------
@@ -419,7 +419,7 @@ def test_symlinked_bundle_dir_is_damaged_and_not_followed(project, seed_db, tmp_
 
 def test_show_bundle_lists_files_and_never_env_content(project, seed_db):
     d = make_bundle(project.backup_dir, f"sparkq_{stamp(T0)}", seed_db)
-    result = catalog.show_backup(settings(), "1")
+    result = listing.show_backup(settings(), "1")
     data = result.to_dict()
     assert data["name"] == d.name and data["format"] == "bundle" and data["damaged"] is None
     assert data["manifest"] == json.loads((d / "manifest.json").read_text())
@@ -438,13 +438,13 @@ def test_show_legacy_and_21(project, seed_db, tmp_path):
     bd = project.backup_dir
     legacy = make_legacy(bd, T0 - timedelta(days=1), seed_db, yml=True)
     make_21_bundle(bd, f"sparkq_{stamp(T0)}", tmp_path)
-    data = catalog.show_backup(settings(), legacy.stem).to_dict()
+    data = listing.show_backup(settings(), legacy.stem).to_dict()
     assert data["format"] == "legacy" and data["manifest"] is None
     assert data["size"] == seed_db.stat().st_size and data["counts"]["prompts"] == 33
     assert data["created_at"] == (T0 - timedelta(days=1)).isoformat()
     assert [f["path"] for f in data["files"]] == [legacy.name, legacy.stem + ".yml"]
-    assert "Legacy" in catalog.show_backup(settings(), "2").text()
-    old = catalog.show_backup(settings(), "1")
+    assert "Legacy" in listing.show_backup(settings(), "2").text()
+    old = listing.show_backup(settings(), "1")
     assert old.to_dict()["manifest"]["backup_version"] == "2.1"
     assert {"sparkq.db", "sparkq.db-wal"} <= {f["path"] for f in old.to_dict()["files"]}
 
@@ -465,9 +465,9 @@ def test_21_bundle_reads_real_files_and_folds_wal(project, tmp_path):
     assert entry.damaged is None and entry.wal_file == d / "sparkq.db-wal"
     assert entry.config_file_included is True and entry.counts["prompts"] == 37
     assert entry.member(".env") is None  # listed by that writer, but never there
-    with catalog.open_backup_db(entry.db_file) as conn:
+    with dbfiles.open_backup_db(entry.db_file) as conn:
         alone = conn.execute("SELECT count(*) FROM prompts").fetchone()[0]
-    with catalog.open_backup_db(entry.db_file, entry.wal_file) as conn:
+    with dbfiles.open_backup_db(entry.db_file, entry.wal_file) as conn:
         folded = conn.execute("SELECT count(*) FROM prompts").fetchone()[0]
     assert (alone, folded) == (33, 37)
     assert sorted(os.listdir(d)) == sorted(["sparkq.db", "sparkq.db-wal", "sparkq.db-shm", "sparkq.yml",
@@ -482,7 +482,7 @@ def test_list_reads_manifests_only(project, seed_db, tmp_path, monkeypatch):
         raise AssertionError("listing opened a database of a bundle with a good manifest")
 
     monkeypatch.setattr(sqlite3, "connect", refuse)
-    result = catalog.list_backups(settings())
+    result = listing.list_backups(settings())
     assert len(result.to_dict()["backups"]) == 2 and result.text()
 
 
@@ -503,8 +503,8 @@ def test_list_of_many_bundles_is_fast(tmp_path):
             json.dumps({**manifest, "created_at": when.isoformat()}))
     start = time.perf_counter()
     regular, _ = catalog.scan(bd)
-    listing = catalog.BackupList(bd, regular, [])
-    listing.text(), json.dumps(listing.to_dict())
+    shown = listing.BackupList(bd, regular, [])
+    shown.text(), json.dumps(shown.to_dict())
     elapsed = time.perf_counter() - start
     assert len(regular) == 1000 and regular[0].name == f"sparkq_{stamp(T0 + timedelta(minutes=999))}"
     assert elapsed < 1.5, f"listing 1000 bundles took {elapsed:.2f}s"

@@ -22,13 +22,15 @@ from structlog.testing import capture_logs
 from helpers import SPARKQ_BIN, fake_clock, grow_db, wait_until
 from supervisor import config
 from supervisor.fmt import human_size
-from supervisor.backup import create, exports
+from supervisor.backup import create, exports, publish
 from supervisor.backup.catalog import scan
-from supervisor.errors import BackupFailed, ConfigError
+from supervisor.backup.layout import PRE_RESTORE_PREFIX, TEMPLATE_FILES
+from supervisor.fsutil import sha256_file
+from supervisor.errors import BackupFailed, ConfigError, UsageError
 from supervisor.setup import run_setup
 
-EXPORT_FILES = set(exports.EXPORT_FILES)
-TEMPLATES = {f"setup_templates/{t}" for t in create.TEMPLATE_FILES}
+EXPORT_FILES = {spec[0] for spec in exports.EXPORTS.values()}
+TEMPLATES = {f"setup_templates/{t}" for t in TEMPLATE_FILES}
 SECRET = "SPARKQ_TEST_SECRET=hunter2-do-not-leak"
 
 
@@ -62,7 +64,7 @@ def _assert_valid(bundle: Path) -> dict:
     assert set(m["files"]) == _bundle_files(bundle)
     assert set(m["checksums"]) == set(m["files"]) - {"manifest.json"}
     for rel, digest in m["checksums"].items():
-        assert create.sha256_file(bundle / rel) == digest, rel
+        assert sha256_file(bundle / rel) == digest, rel
     conn = _ro(bundle / "sparkq.db")
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
@@ -198,9 +200,9 @@ def test_sha256_file_matches_hashlib(tmp_path):
 
     data = os.urandom((3 << 20) + 17)
     (tmp_path / "f").write_bytes(data)
-    assert create.sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
+    assert sha256_file(tmp_path / "f") == hashlib.sha256(data).hexdigest()
     (tmp_path / "empty").write_bytes(b"")
-    assert create.sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
+    assert sha256_file(tmp_path / "empty") == hashlib.sha256(b"").hexdigest()
 
 
 # --- names ------------------------------------------------------------------------------------
@@ -229,7 +231,7 @@ def test_same_second_backups_get_distinct_names(settings, monkeypatch):
 def test_publish_never_replaces_and_takes_the_next_suffix(tmp_path):
     backup_dir = tmp_path / "b"
     backup_dir.mkdir()
-    name, tmp = create._reserve(backup_dir, "sparkq_20261126_101500")
+    name, tmp = publish.reserve(backup_dir, "sparkq_20261126_101500")
     assert name == "sparkq_20261126_101500" and tmp.name == f".tmp-{name}-{os.getpid()}"
     (tmp / "mine").write_text("mine")
     # Another process publishes the same name (and _1) first: we must not replace theirs.
@@ -237,7 +239,7 @@ def test_publish_never_replaces_and_takes_the_next_suffix(tmp_path):
         (backup_dir / other).mkdir()
         (backup_dir / other / "theirs").write_text("theirs")
     (backup_dir / f"{name}_2").mkdir()  # even an empty directory is never replaced
-    final = create._publish(tmp, backup_dir, name)
+    final = publish.publish(tmp, backup_dir, name)
     assert final.name == f"{name}_3" and (final / "mine").exists()
     assert (backup_dir / name / "theirs").exists() and (backup_dir / f"{name}_1" / "theirs").exists()
     assert not tmp.exists()
@@ -364,16 +366,17 @@ def test_live_db_failing_integrity_is_backed_up_with_a_loud_warning(settings):
     assert "INTEGRITY CHECK FAILED" in text and "WARNING" in text
 
 
-def test_progress_line_on_request_only(settings, tmp_path, capsys):
+def test_progress_line_on_request_only(settings, capsys):
     grow_db(settings.paths.db, 4)
-    create.snapshot_db(settings.paths.db, tmp_path / "quiet.db", timeout=5)
+    quiet = create.create_backup(settings, trigger="manual")
     assert capsys.readouterr().err == ""
-    create.snapshot_db(settings.paths.db, tmp_path / "loud.db", timeout=5, progress=True)
+    loud = create.create_backup(settings, trigger="manual", progress=True)
     err = capsys.readouterr().err
     assert "backup: snapshot" in err and "%" in err
-    for name in ("quiet.db", "loud.db"):
-        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
-        snap = _ro(tmp_path / name)
+    for result in (quiet, loud):
+        db = Path(result.path) / "sparkq.db"
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        snap = _ro(db)
         assert snap.execute("SELECT count(*) FROM ballast").fetchone()[0] == 64
         snap.close()
 
@@ -407,7 +410,7 @@ def _fsize_limit(limit: int):
 
 def test_disk_full_gives_one_clear_line_and_leaves_nothing(project, settings):
     old = create.create_backup(settings, trigger="manual")
-    old_files = {rel: create.sha256_file(Path(old.path) / rel) for rel in _bundle_files(Path(old.path))}
+    old_files = {rel: sha256_file(Path(old.path) / rel) for rel in _bundle_files(Path(old.path))}
     grow_db(settings.paths.db, 3)
     proc = subprocess.run([str(SPARKQ_BIN), "backup"], cwd=project.root, env=project.env, capture_output=True,
                           text=True, timeout=120, preexec_fn=_fsize_limit(1 << 20))
@@ -415,7 +418,7 @@ def test_disk_full_gives_one_clear_line_and_leaves_nothing(project, settings):
     line = _one_line_error(proc)
     assert line.startswith("sparkq: backup failed:") and "df -h" in line, line
     assert _entries(settings.paths.backup_dir) == {old.name, ".retention.lock"}
-    assert {rel: create.sha256_file(Path(old.path) / rel) for rel in old_files} == old_files
+    assert {rel: sha256_file(Path(old.path) / rel) for rel in old_files} == old_files
 
 
 def test_backup_dir_that_is_a_file(project, settings):
@@ -557,17 +560,17 @@ def test_a_failed_backup_prunes_nothing(settings, monkeypatch):
     before = _entries(settings.paths.backup_dir)
     monkeypatch.setenv("SPARKQ_BACKUP_KEEP", "1")
     settings.paths.db.write_bytes(b"garbage" * 100)
-    with pytest.raises(BackupFailed):
+    with pytest.raises((BackupFailed, UsageError)):  # refused before the snapshot, since it is not SQLite
         create.create_backup(settings, trigger="manual")
     assert _entries(settings.paths.backup_dir) == before
 
 
 def test_pre_restore_bundle_with_a_linked_db(settings):
-    path = create.write_bundle(settings, trigger="pre-restore", prefix=create.PRE_RESTORE_PREFIX, link_db=True)
+    path = create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=True)
     assert re.fullmatch(r"sparkq_preRestore_\d{8}_\d{6}", path.name)
     assert os.path.samefile(path / "sparkq.db", settings.paths.db)
     m = _manifest(path)
     assert m["trigger"] == "pre-restore" and m["integrity_check"] == "ok"
-    assert m["checksums"]["sparkq.db"] == create.sha256_file(settings.paths.db)
+    assert m["checksums"]["sparkq.db"] == sha256_file(settings.paths.db)
     _, pre = scan(settings.paths.backup_dir)
     assert [e.name for e in pre] == [path.name]

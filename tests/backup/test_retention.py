@@ -1,4 +1,4 @@
-"""Retention in supervisor/backup/create.py: newest `keep` regular backups stay, in catalog order."""
+"""Retention in supervisor/backup/retention.py: newest `keep` regular backups stay, in catalog order."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from helpers import fake_clock
 from supervisor import config
 from supervisor.backup import create, retention
 from supervisor.backup.catalog import scan
+from supervisor.backup.layout import PRE_RESTORE_PREFIX
 from supervisor.errors import UsageError
 from supervisor.setup import run_setup
 
@@ -46,7 +47,7 @@ def _populate(settings, monkeypatch) -> dict:
     legacy_old = _legacy(backup_dir, "20200101_000000", yml=True)
     legacy_new = _legacy(backup_dir, "20200102_000000", yml=False)
     fake_clock(monkeypatch, datetime(2019, 6, 1, tzinfo=timezone.utc), timedelta(days=1))
-    pre = create.write_bundle(settings, trigger="pre-restore", prefix=create.PRE_RESTORE_PREFIX).name
+    pre = create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX).name
     fake_clock(monkeypatch, datetime(2021, 1, 1, tzinfo=timezone.utc), timedelta(days=1))
     bundles = [create.write_bundle(settings, trigger="start").name for _ in range(6)]
     monkeypatch.setattr(create, "_now", _REAL_NOW)

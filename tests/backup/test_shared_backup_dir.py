@@ -8,7 +8,7 @@ import json
 import shutil
 from datetime import timedelta
 
-from helpers import T0, Project, base_env, free_port, make_bundle, seed_db, stamp  # noqa: F401
+from helpers import T0, Project, base_env, free_port, make_bundle, stamp
 
 
 def _pair(project, tmp_path, reaper):
@@ -71,3 +71,20 @@ def test_project_id_survives_moving_the_folder(project, tmp_path, reaper):
     moved = Project(root=moved_root, port=project.port, env=base_env(moved_root), reaper=reaper)
     assert moved.cli("backup").returncode == 0
     assert set(_ids(shared).values()) == {first}
+
+
+def test_two_databases_in_one_folder_are_two_projects(project):
+    """Two configs in one root with databases side by side (sparkq/data/a.db, b.db) and the
+    default backup dir: each config's retention leaves the other's bundles alone."""
+    for name in ("a", "b"):
+        (project.root / f"{name}.yml").write_text(
+            f"server:\n  port: {project.port}\ndatabase:\n  path: sparkq/data/{name}.db\n")
+        assert project.cli("--config", f"{name}.yml", "setup").returncode == 0
+    for _ in range(3):
+        assert project.cli("--config", "b.yml", "backup").returncode == 0
+    theirs = set(_ids(project.backup_dir))
+    for _ in range(2):
+        proc = project.cli("--config", "a.yml", "backup", env={"SPARKQ_BACKUP_KEEP": "1"})
+        assert proc.returncode == 0, proc.stderr
+    assert theirs <= set(_ids(project.backup_dir)), "b's bundles were pruned by a's retention"
+    assert len(set(_ids(project.backup_dir).values())) == 2

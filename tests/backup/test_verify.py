@@ -14,7 +14,7 @@ from supervisor import config
 from supervisor.backup import catalog, verify
 from supervisor.errors import BackupNotFound
 
-from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, seed_db, stamp  # noqa: F401
+from helpers import T0, make_21_bundle, make_bundle, make_legacy, no_traceback, stamp
 
 
 def settings():

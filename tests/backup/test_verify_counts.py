@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from helpers import make_bundle, no_traceback, seed_db  # noqa: F401  (seed_db is a fixture)
+from helpers import make_bundle, no_traceback
 from original import make_original_bundle
 
 

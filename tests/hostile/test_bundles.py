@@ -14,7 +14,7 @@ import sqlite3
 
 import pytest
 
-from helpers import T0, live_state, make_bundle, make_legacy, seed_db, sha256, stamp  # noqa: F401
+from helpers import T0, live_state, make_bundle, make_legacy, sha256, stamp
 from supervisor import config
 from supervisor.setup import run_setup
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from helpers import T0, live_state, make_bundle, one_line_error, seed_db, stamp  # noqa: F401
+from helpers import T0, live_state, make_bundle, one_line_error, stamp
 from supervisor import config
 from supervisor.setup import run_setup
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from helpers import T0, live_state, make_bundle, one_line_error, seed_db, stamp  # noqa: F401
+from helpers import T0, live_state, make_bundle, one_line_error, stamp
 
 OLD, NEW, PRE = (f"sparkq_{stamp(T0 - timedelta(hours=1))}", f"sparkq_{stamp(T0)}",
                  f"sparkq_preRestore_{stamp(T0)}")

@@ -7,10 +7,11 @@ server is healthy.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from datetime import timedelta
 
-from helpers import T0, make_bundle, seed_db, stamp, tree_state  # noqa: F401 - seed_db is a fixture
+from helpers import T0, make_bundle, stamp, tree_state
 
 
 def _regular(project) -> list[str]:
@@ -40,7 +41,7 @@ def test_failed_starts_and_runs_keep_every_old_bundle(project, fake, seed_db):
     for command in ["start"] * 7 + ["run"] * 7:
         proc = project.cli(command)
         assert proc.returncode != 0, proc.stdout + proc.stderr
-        outputs.append(proc.stderr)
+        outputs.append(proc.stdout + proc.stderr)  # start says it on stdout, run on stderr
     for name, state in old.items():
         assert tree_state(project.backup_dir / name) == state, f"{name} changed or was pruned"
     new = sorted(set(_regular(project)) - set(old))
@@ -123,3 +124,21 @@ def test_run_prunes_once_healthy(project, fake, seed_db, reaper):
     proc.terminate()
     _, err = proc.communicate(timeout=30)
     assert "backup: pruned 3 old backups" in err, err
+
+
+def test_a_newest_bundle_with_a_damaged_export_does_not_stand_in(project):
+    """The bundle that stands for an unchanged state must pass backup-verify whole, exports too."""
+    assert project.cli("setup").returncode == 0
+    first = project.cli("backup")
+    assert first.returncode == 0, first.stderr
+    newest = sorted(_regular(project))[-1]
+    export = next((project.backup_dir / newest).glob("*_export.json"))
+    os.chmod(export, 0o600)
+    export.write_text("[]")
+    started = project.cli("start")
+    try:
+        assert started.returncode == 0, started.stderr
+        assert "unchanged" not in started.stdout, started.stdout
+        assert len(_regular(project)) == 2
+    finally:
+        project.cli("stop")

@@ -10,7 +10,7 @@ import psutil
 
 from helpers import SPARKQ_BIN, wait_until
 from supervisor import config
-from supervisor.locking import supervisor_lock
+from supervisor.locking import file_lock
 from supervisor.setup import run_setup
 
 
@@ -41,7 +41,7 @@ def test_manual_backup_waits_for_an_exclusive_command(project):
     held = threading.Event()
 
     def hold():
-        with supervisor_lock(settings.paths.lockfile):
+        with file_lock(settings.paths.lockfile):
             held.set()
             release.wait(30)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from helpers import T0, make_bundle, seed_db, stamp  # noqa: F401
+from helpers import T0, make_bundle, stamp
 
 
 def test_first_start_after_restoring_an_old_bundle_keeps_it(project, fake, seed_db):

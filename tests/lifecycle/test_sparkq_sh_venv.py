@@ -80,3 +80,17 @@ def test_a_venv_without_python_is_not_rebuilt(checkout):
     assert "no working bin/python" in result.stderr and "rm -rf" in result.stderr, result.stderr
     assert "creating" not in result.stderr
     assert tree_state(checkout / ".venv") == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_another_users_private_venv_is_not_called_broken(checkout):
+    """A .venv of mode 0700 (the owner's umask 077): another user cannot even look inside, which
+    must not read as "broken, remove it yourself"."""
+    _python_script(checkout, 0o755)
+    os.chmod(checkout / ".venv", 0o700)
+    before = tree_state(checkout / ".venv")
+    result = _run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                   "bash", str(checkout / "sparkq.sh"), "status"], checkout)
+    line = _refused(result, "nobody")
+    assert "rm -rf" not in line and "cannot be entered" in line
+    assert tree_state(checkout / ".venv") == before

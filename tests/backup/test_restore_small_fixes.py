@@ -14,25 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SPARKQ_BIN, grow_db, live_state, one_line_error, wait_until
-
-
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
-
-
-@pytest.fixture
-def ready(project):
-    _ok(project.cli("setup"))
-    _ok(project.cli("backup"))
-    return project
+from helpers import SPARKQ_BIN, grow_db, live_state, ok, one_line_error, wait_until
 
 
 def test_ctrl_c_during_a_restore_prints_one_line(project):
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     grow_db(project.db, 48)  # big enough that the pre-restore snapshot takes a while
-    _ok(project.cli("backup"))
+    ok(project.cli("backup"))
     before = live_state(project)
     proc = project.popen(str(SPARKQ_BIN), "backup-restore", "1", "--config-only", "--yes",
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -56,13 +44,13 @@ def test_a_restore_keeps_the_live_database_mode(ready, mode):
     project = ready
     os.chmod(project.db, mode)
     for args in (["1", "--db-only"], ["1"]):
-        _ok(project.cli("backup-restore", *args, "--yes"))
+        ok(project.cli("backup-restore", *args, "--yes"))
         assert stat.S_IMODE(project.db.stat().st_mode) == mode
 
 
 def test_json_output(ready):
     project = ready
-    out = _ok(project.cli("backup-restore", "1", "--db-only", "--yes", "--json"))
+    out = ok(project.cli("backup-restore", "1", "--db-only", "--yes", "--json"))
     data = json.loads(out.stdout)  # nothing but JSON on stdout
     assert data["scope"] == "db" and data["pre_restore"].startswith("sparkq_preRestore_")
     assert data["plan"]["steps"][0]["kind"] == "db"
@@ -79,8 +67,8 @@ def test_json_output(ready):
 def test_a_ref_with_a_trailing_slash_is_accepted(ready):
     project = ready
     name = next(project.backup_dir.glob("sparkq_2*")).name
-    _ok(project.cli("backup-show", f"{name}/"))
-    out = _ok(project.cli("backup-restore", f"{name}/", "--db-only", "--yes"))
+    ok(project.cli("backup-show", f"{name}/"))
+    out = ok(project.cli("backup-restore", f"{name}/", "--db-only", "--yes"))
     assert f"Restored from {name}" in out.stdout
     one_line_error(project.cli("backup-restore", f"x/{name}/", "--yes"), codes={2})  # still no paths
 
@@ -109,9 +97,9 @@ def test_plan_says_copied_when_the_backup_dir_is_on_another_filesystem(project):
     other = Path(tempfile.mkdtemp(prefix="sparkq-test-", dir="/dev/shm"))
     try:
         project.write_config(f"backup:\n  dir: {other / 'backups'}\n")
-        _ok(project.cli("setup"))
-        _ok(project.cli("backup"))
-        out = _ok(project.cli("backup-restore", "1", "--yes"))
+        ok(project.cli("setup"))
+        ok(project.cli("backup"))
+        out = ok(project.cli("backup-restore", "1", "--yes"))
         assert "database hard-linked, not copied" not in out.stdout
         assert "database copied: the backup dir is on another filesystem" in out.stdout
         assert "(database copied, not hard-linked)" in out.stdout

@@ -15,7 +15,7 @@ from datetime import datetime
 
 import pytest
 
-from helpers import live_state, one_line_error, seed_db  # noqa: F401 - a fixture
+from helpers import live_state, ok, one_line_error
 from supervisor import config
 from supervisor.backup import restore
 from supervisor.errors import SparkqError
@@ -29,11 +29,6 @@ purge:
   older_than_days: 3
 """
 ORIGINAL_ENV = "SPARKQ_TOKEN=from-the-original\n"
-
-
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def _damaged_original_bundle(project, seed_db, host: str = "0.0.0.0") -> str:
@@ -65,7 +60,7 @@ def _damaged_original_bundle(project, seed_db, host: str = "0.0.0.0") -> str:
 
 @pytest.fixture
 def damaged(project, seed_db):
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     name = _damaged_original_bundle(project, seed_db)
     return project, name
 
@@ -74,7 +69,7 @@ def damaged(project, seed_db):
 def test_config_scopes_restore_from_a_bundle_with_a_damaged_database(damaged, scope):
     project, name = damaged
     db_before = project.db.read_bytes()
-    out = _ok(project.cli("backup-restore", name, *scope, "--yes"))
+    out = ok(project.cli("backup-restore", name, *scope, "--yes"))
     assert "not checked: the manifest (manifest.json is not valid JSON" in out.stdout
     assert "the database (this restore does not touch it)" in out.stdout
     if scope != ["--only", "yml"]:
@@ -97,8 +92,8 @@ def test_scopes_with_the_database_still_refuse_it(damaged, scope):
 
 def test_a_changed_member_is_still_caught_by_its_checksum(project):
     """Scoped verification still compares the members it restores with their checksums."""
-    _ok(project.cli("setup"))
-    _ok(project.cli("backup"))
+    ok(project.cli("setup"))
+    ok(project.cli("backup"))
     bundle = next(project.backup_dir.glob("sparkq_2*"))
     os.chmod(bundle / ".env", 0o600)
     (bundle / ".env").write_text("TAMPERED=1\n")
@@ -126,8 +121,8 @@ def test_plan_warns_about_a_wildcard_host_before_asking(project, seed_db, host):
 
 
 def test_no_warning_for_a_loopback_host(project, seed_db):
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     name = _damaged_original_bundle(project, seed_db, host="127.0.0.1")
-    out = _ok(project.cli("backup-restore", name, "--only", "yml", "--yes"))
+    out = ok(project.cli("backup-restore", name, "--only", "yml", "--yes"))
     assert "WARNING" not in out.stdout
     shutil.rmtree(project.backup_dir / name)

@@ -9,12 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import bundle_problems
-
-
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
+from helpers import bundle_problems, ok
 
 
 def _prompts(db: Path) -> set[str]:
@@ -37,7 +32,7 @@ def _exec(db: Path, sql: str) -> None:
 @pytest.fixture
 def linked(project, tmp_path):
     """A set-up project whose DB, sparkq.yml and .env are symlinks into another folder."""
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     links = {}
@@ -59,7 +54,7 @@ def _assert_links_kept(links) -> None:
 @pytest.mark.parametrize("scope", [[], ["--db-only"], ["--config-only"]])
 def test_restore_and_undo_through_symlinks(linked, scope):
     project, links = linked
-    _ok(project.cli("backup"))
+    ok(project.cli("backup"))
     backup_yml = links["yml"][1].read_bytes()
     backup_env = links["env"][1].read_bytes()
     _exec(project.db, "INSERT INTO prompts (id, command) VALUES ('prm_after', 'after-backup')")
@@ -67,7 +62,7 @@ def test_restore_and_undo_through_symlinks(linked, scope):
     links["env"][1].write_text("EDITED=1\n")
     edited = (_prompts(project.db), links["yml"][1].read_bytes(), links["env"][1].read_bytes())
 
-    out = _ok(project.cli("backup-restore", "1", *scope, "--yes"))
+    out = ok(project.cli("backup-restore", "1", *scope, "--yes"))
     assert "symlink" in out.stdout  # the plan says where the files really go
     _assert_links_kept(links)
     if scope != ["--config-only"]:
@@ -77,11 +72,11 @@ def test_restore_and_undo_through_symlinks(linked, scope):
         assert links["env"][1].read_bytes() == backup_env
     pre = sorted(project.backup_dir.glob("sparkq_preRestore_*"))
     assert len(pre) == 1 and bundle_problems(pre[0]) == []
-    assert _ok(project.cli("backup-verify", pre[0].name)).stdout.startswith("ok")
+    assert ok(project.cli("backup-verify", pre[0].name)).stdout.startswith("ok")
 
     undo = out.stdout.split("undo: ", 1)[1].splitlines()[0].split()
     assert undo[:2] == ["./sparkq.sh", "backup-restore"]
-    _ok(project.cli(*undo[1:]))
+    ok(project.cli(*undo[1:]))
     _assert_links_kept(links)
     assert (_prompts(project.db), links["yml"][1].read_bytes(), links["env"][1].read_bytes()) == edited
 
@@ -93,10 +88,10 @@ def test_database_path_in_sparkq_yml_pointing_at_a_symlink(project, tmp_path):
     link = project.root / "db-link.db"
     link.symlink_to(real)
     project.write_config(f"database:\n  path: {link}\n")
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     assert real.is_file() and link.is_symlink()
-    _ok(project.cli("backup"))
+    ok(project.cli("backup"))
     _exec(real, "DELETE FROM prompts")
-    _ok(project.cli("backup-restore", "1", "--db-only", "--yes"))
+    ok(project.cli("backup-restore", "1", "--db-only", "--yes"))
     assert link.is_symlink() and real.is_file()
     assert len(_prompts(real)) > 0

@@ -12,13 +12,8 @@ import time
 
 import pytest
 
-from helpers import SPARKQ_BIN, live_state, wait_until
+from helpers import SPARKQ_BIN, live_state, ok, wait_until
 from supervisor import locking
-
-
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 class Prompted:
@@ -56,21 +51,14 @@ class Prompted:
         return code, err
 
 
-@pytest.fixture
-def ready(project):
-    _ok(project.cli("setup"))
-    _ok(project.cli("backup"))
-    return project
-
-
 def test_other_commands_run_while_a_restore_waits_at_its_prompt(ready):
     project = ready
     waiting = Prompted(project, "1", "--db-only")
     waiting.read_until("Continue?")
 
     started = time.monotonic()
-    backup = _ok(project.cli("backup", timeout=30))
-    _ok(project.cli("stop", timeout=30))
+    backup = ok(project.cli("backup", timeout=30))
+    ok(project.cli("stop", timeout=30))
     assert time.monotonic() - started < 20
     assert "waiting for" not in backup.stderr
 
@@ -96,7 +84,7 @@ def test_a_server_started_while_at_the_prompt_stops_the_restore(ready):
     project = ready
     waiting = Prompted(project, "1", "--db-only")
     waiting.read_until("Continue?")
-    _ok(project.cli("start", timeout=60))
+    ok(project.cli("start", timeout=60))
     try:
         inode = project.db.stat().st_ino
         code, err = waiting.answer("y")
@@ -104,7 +92,7 @@ def test_a_server_started_while_at_the_prompt_stops_the_restore(ready):
         assert not list(project.backup_dir.glob("sparkq_preRestore_*"))
         assert project.db.stat().st_ino == inode  # not replaced under the running server
     finally:
-        _ok(project.cli("stop", timeout=60))
+        ok(project.cli("stop", timeout=60))
 
 
 def test_ctrl_c_at_the_prompt_is_a_cancel(ready):
@@ -122,8 +110,8 @@ def test_ctrl_c_at_the_prompt_is_a_cancel(ready):
 _HOLDER = """
 import sys
 from pathlib import Path
-from supervisor.locking import supervisor_lock
-with supervisor_lock(Path(sys.argv[1])):
+from supervisor.locking import file_lock
+with file_lock(Path(sys.argv[1])):
     print("held", flush=True)
     sys.stdin.read()
 """
@@ -158,7 +146,7 @@ def test_a_holder_that_died_does_not_count(ready, reaper):
     holder.wait(10)
     lock = project.root / "sparkq" / "data" / "sparkq.lock"
     assert str(holder.pid) in lock.read_text()  # its note is still there; the flock is not
-    out = _ok(project.cli("backup", timeout=30))
+    out = ok(project.cli("backup", timeout=30))
     assert "waiting" not in out.stderr
 
 
@@ -182,7 +170,7 @@ def test_a_lock_timeout_names_the_holder(ready, reaper):
     holder = _hold_lock(project, reaper)
     lock = project.root / "sparkq" / "data" / "sparkq.lock"
     with pytest.raises(locking.SparkqError, match=f"PID {holder.pid} \\(.*\\) has held .* for over 0s"):
-        with locking.supervisor_lock(lock, wait=0.3):
+        with locking.file_lock(lock, wait=0.3):
             pass
     holder.stdin.close()
     wait_until(lambda: holder.poll() is not None, what="the holder to exit")

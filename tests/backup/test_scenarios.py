@@ -12,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, ok
 
 RESTORE_SH = REPO / "sparkq" / "scripts" / "restore_database.sh"
 COMPLETE = "Restore complete. Start the server: ./sparkq.sh start"
-
-
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
 
 
 def _api(project, path: str, body: dict | None = None, method: str | None = None):
@@ -42,21 +37,21 @@ def _pre_restores(project) -> list[Path]:
 
 def _started(project) -> None:
     """setup + start: the start takes backup 1 of the freshly set-up state."""
-    _ok(project.sh("setup"))
-    _ok(project.sh("start"))
+    ok(project.sh("setup"))
+    ok(project.sh("start"))
 
 
 def test_scenario_1_deleted_sparkq_yml(project):
     _started(project)
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
     good = project.config.read_bytes()
     project.config.unlink()
 
-    listing = _ok(project.sh("backup-list"))
+    listing = ok(project.sh("backup-list"))
     assert "notice" in listing.stderr and "sparkq.yml" in listing.stderr
     assert "sparkq_" in listing.stdout
 
-    out = _ok(project.sh("backup-restore", "1", "--config-only", "--yes"))
+    out = ok(project.sh("backup-restore", "1", "--config-only", "--yes"))
     assert project.config.read_bytes() == good
     assert out.stdout.strip().splitlines()[-1] == COMPLETE
     assert "undo: ./sparkq.sh backup-restore sparkq_preRestore_" in out.stdout
@@ -74,7 +69,7 @@ def test_scenario_2_database_corruption(project):
     assert _sha(project.db) == before
     assert _pre_restores(project) == []
 
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
     data = bytearray(project.db.read_bytes())
     data[:100] = b"\x5a" * 100  # the header is gone: "file is not a database"
     project.db.write_bytes(bytes(data))
@@ -86,23 +81,23 @@ def test_scenario_2_database_corruption(project):
     assert "--yes" in asked.stderr and "Restore plan" in asked.stdout
     assert _sha(project.db) == broken and _pre_restores(project) == []
 
-    _ok(project.sh("backup-restore", "1", "--yes"))
+    ok(project.sh("backup-restore", "1", "--yes"))
     assert len(_pre_restores(project)) == 1
-    _ok(project.sh("start"))
+    ok(project.sh("start"))
     assert _api(project, "/health")["db"] == "ok"
     commands = {p["command"] for p in _api(project, "/api/prompts")}
     assert len(commands) == 33 and "after-backup" not in commands
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
 
 
 def test_scenario_3_lost_custom_prompts_export(project):
     _started(project)
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
     db_sha = _sha(project.db)
 
     for proc in (project.sh("backup-restore", "1", "export-prompts"),
                  project._run([str(RESTORE_SH), "export-prompts", "1"], None, 60, None)):
-        prompts = json.loads(_ok(proc).stdout)
+        prompts = json.loads(ok(proc).stdout)
         assert len(prompts) >= 33
         assert {"command", "label", "template_text"} <= set(prompts[0])
     assert _sha(project.db) == db_sha
@@ -115,24 +110,24 @@ def test_scenario_4_rollback_after_a_bad_config_change(project):
     theme = _api(project, "/api/config/ui/theme")["value"]
     _api(project, "/api/config/ui/theme", {"value": "broken"}, "PUT")
     project.config.write_text(good_yml.decode() + "purge:\n  keep_days: 0\n")
-    _ok(project.sh("restart"))  # backs up the bad state: it is number 1 now, the good one 2
+    ok(project.sh("restart"))  # backs up the bad state: it is number 1 now, the good one 2
 
-    show = _ok(project.sh("backup-show", "2"))
+    show = ok(project.sh("backup-show", "2"))
     assert "manifest.json" in show.stdout and "sparkq.yml" in show.stdout
-    _ok(project.sh("stop"))
-    out = _ok(project.sh("backup-restore", "2", "--yes"))
+    ok(project.sh("stop"))
+    out = ok(project.sh("backup-restore", "2", "--yes"))
     assert "sparkq.yml" in out.stdout
-    _ok(project.sh("restart"))
+    ok(project.sh("restart"))
 
     assert project.config.read_bytes() == good_yml
     assert _api(project, "/api/config/ui/theme")["value"] == theme
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
 
 
 def test_scenario_5_settings_from_an_old_backup(project):
     _started(project)
-    _ok(project.sh("stop"))
-    listing = json.loads(_ok(project.sh("backup-list", "--json")).stdout)
+    ok(project.sh("stop"))
+    listing = json.loads(ok(project.sh("backup-list", "--json")).stdout)
     bundle = Path(listing["backups"][0]["path"])
 
     config_rows = json.loads((bundle / "config_export.json").read_text())
@@ -142,8 +137,8 @@ def test_scenario_5_settings_from_an_old_backup(project):
 
 
 def test_restore_refused_while_a_process_holds_the_db(project, reaper):
-    _ok(project.sh("setup"))
-    _ok(project.sh("backup"))
+    ok(project.sh("setup"))
+    ok(project.sh("backup"))
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sqlite3, sys\n"
@@ -165,8 +160,8 @@ def test_restore_refused_while_a_process_holds_the_db(project, reaper):
 
 
 def test_usage_errors_change_nothing(project):
-    _ok(project.sh("setup"))
-    _ok(project.sh("backup"))
+    ok(project.sh("setup"))
+    ok(project.sh("backup"))
     both = project.sh("backup-restore", "1", "--db-only", "--config-only", "--yes")
     assert both.returncode == 2 and "cannot be combined" in both.stderr
 
@@ -184,30 +179,30 @@ def test_usage_errors_change_nothing(project):
 
 
 def test_tables_merge_through_the_cli(project):
-    _ok(project.sh("setup"))
-    _ok(project.sh("backup"))
-    _ok(project.sh("start"))
+    ok(project.sh("setup"))
+    ok(project.sh("backup"))
+    ok(project.sh("start"))
     victim = _api(project, "/api/prompts")[0]
     _api(project, f"/api/prompts/{victim['id']}", method="DELETE")
     session = _api(project, "/api/sessions", {"name": "work"}, "POST")
     queue = _api(project, "/api/queues", {"session_id": session["id"], "name": "q"}, "POST")
     task = _api(project, "/api/tasks", {"queue_id": queue["id"], "tool_name": "llm-sonnet", "payload": {}}, "POST")
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
 
-    out = _ok(project.sh("backup-restore", "1", "--tables", "prompts", "--yes"))
+    out = ok(project.sh("backup-restore", "1", "--tables", "prompts", "--yes"))
     assert "prompts" in out.stdout and "--db-only --yes" in out.stdout
-    _ok(project.sh("start"))
+    ok(project.sh("start"))
     assert victim["command"] in {p["command"] for p in _api(project, "/api/prompts")}
     assert _api(project, f"/api/tasks/{task['id']}")["id"] == task["id"]
-    _ok(project.sh("stop"))
+    ok(project.sh("stop"))
 
 
 @pytest.mark.parametrize("scope", ["--db-only", "--config-only"])
 def test_pre_restore_bundle_links_or_snapshots(project, scope):
-    _ok(project.sh("setup"))
-    _ok(project.sh("backup"))
+    ok(project.sh("setup"))
+    ok(project.sh("backup"))
     inode = project.db.stat().st_ino
-    _ok(project.sh("backup-restore", "1", scope, "--yes"))
+    ok(project.sh("backup-restore", "1", scope, "--yes"))
     [pre] = _pre_restores(project)
     kept = (pre / "sparkq.db").stat()
     if scope == "--db-only":

@@ -9,12 +9,7 @@ import sqlite3
 import urllib.request
 from pathlib import Path
 
-from helpers import live_state, one_line_error
-
-
-def _ok(proc):
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"
-    return proc
+from helpers import live_state, ok, one_line_error
 
 
 def _mark(db: Path, command: str) -> None:
@@ -30,12 +25,12 @@ def _backup_with_db_at(project, rel: str) -> Path:
     """Backup 1 taken while sparkq.yml said database.path: rel (with a marker prompt); then the
     project moved back to the default path, with a database of its own there."""
     project.write_config(f"database:\n  path: {rel}\n")
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     old = project.root / rel
     _mark(old, "from-the-backup")
-    _ok(project.cli("backup"))
+    ok(project.cli("backup"))
     project.write_config()
-    _ok(project.cli("setup"))
+    ok(project.cli("setup"))
     _mark(project.db, "current-only")
     return old
 
@@ -45,22 +40,22 @@ def test_full_restore_places_the_db_where_the_restored_config_looks(project):
     old.unlink()  # moved away since: the path the backup's config names is free
     current = project.db.read_bytes()
 
-    out = _ok(project.cli("backup-restore", "1", "--yes"))
+    out = ok(project.cli("backup-restore", "1", "--yes"))
     assert f"database.path to {old}" in out.stdout and f"(now {project.db})" in out.stdout
     assert old.is_file()
     assert project.db.read_bytes() == current  # the old path is left alone
     assert "--config-only --yes" in out.stdout  # undo: the config files are all that moved
 
-    _ok(project.cli("start"))
+    ok(project.cli("start"))
     try:
         with urllib.request.urlopen(project.url + "/api/prompts", timeout=10) as resp:
             commands = {p["command"] for p in json.loads(resp.read())}
         assert "from-the-backup" in commands and "current-only" not in commands
     finally:
-        _ok(project.cli("stop"))
+        ok(project.cli("stop"))
 
     undo = out.stdout.split("undo: ", 1)[1].splitlines()[0].split()
-    _ok(project.cli(*undo[1:]))
+    ok(project.cli(*undo[1:]))
     assert "other/place.db" not in project.config.read_text()
     assert project.db.read_bytes() == current
 
@@ -78,6 +73,6 @@ def test_refused_when_the_other_path_is_taken(project):
 def test_config_only_says_which_database_the_server_will_use(project):
     old = _backup_with_db_at(project, "other/place.db")
     old.unlink()
-    out = _ok(project.cli("backup-restore", "1", "--config-only", "--yes"))
+    out = ok(project.cli("backup-restore", "1", "--config-only", "--yes"))
     assert f"after this restore the server uses {old}" in out.stdout
     assert "--db-only" in out.stdout

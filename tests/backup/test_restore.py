@@ -1,6 +1,6 @@
 """restore_backup() called directly: scopes, refusals, verification, pre-restore bundles, atomic swap.
 
-These run in-process against a temp project (no server); tests/restore/test_scenarios.py goes
+These run in-process against a temp project (no server); tests/backup/test_scenarios.py goes
 through sparkq.sh with a real server.
 """
 

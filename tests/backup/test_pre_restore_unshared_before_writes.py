@@ -13,7 +13,8 @@ import pytest
 
 from helpers import SPARKQ_BIN, wait_until
 from supervisor import config
-from supervisor.backup.create import PRE_RESTORE_PREFIX, write_bundle
+from supervisor.backup.create import write_bundle
+from supervisor.backup.layout import PRE_RESTORE_PREFIX
 
 
 def _linked_pre_restore(project):
