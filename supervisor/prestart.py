@@ -21,11 +21,7 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
     from .backup.history import unshare_pre_restore
 
     paths = settings.paths
-    if not skip_backup:
-        try:  # a bad SPARKQ_BACKUP_KEEP stops us before first-run set-up writes anything
-            settings.backup_keep()
-        except SparkqError as exc:
-            raise _not_started(exc) from None
+    check_retention(settings, skip_backup)
     _refuse_unusable_db_over_backups(paths)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
@@ -49,6 +45,15 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
     return settings
+
+
+def check_retention(settings: Settings, skip_backup: bool) -> None:
+    """A bad SPARKQ_BACKUP_KEEP stops a start before first-run set-up writes anything."""
+    if not skip_backup:
+        try:
+            settings.backup_keep()
+        except SparkqError as exc:
+            raise _not_started(exc) from None
 
 
 def _refuse_unusable_db_over_backups(paths: Paths) -> None:
