@@ -244,6 +244,7 @@ def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
 
     # Warnings belong here, where a person reads them (the supervisor logs them to its file).
     read_env_file(settings.paths.env_file)
+    prestart.check_retention(settings, skip_backup)  # before the supervisor writes a thing
     child = spawn_detached(settings, trigger=trigger, skip_backup=skip_backup)
     try:
         with sigterm_unwinds():
@@ -253,6 +254,7 @@ def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
         raise
     notices = notices + list(report.get("notices") or [])
     if "error" in report:
+        _forget_failed_start(settings, child)
         error = SparkqError(report["error"])
         error.exit_code = report.get("exit_code", error.exit_code)
         for line in notices:
@@ -264,6 +266,16 @@ def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
     return StartResult(pid=report["pid"], url=report["url"], already_running=report.get("already_running", False),
                        backup=report.get("backup"), backup_text=report.get("backup_text"), notices=notices,
                        supervisor_pid=None if report.get("already_running") else child.pid)
+
+
+def _forget_failed_start(settings: Settings, child) -> None:
+    """A start that failed leaves nothing behind, not even the state of its supervisor."""
+    from .runstate import read_state
+
+    child.wait()
+    state = read_state(settings.paths)
+    if state is not None and state.supervisor_pid == child.pid:
+        settings.paths.supervisor_state.unlink(missing_ok=True)
 
 
 def _wait_report(settings: Settings, child) -> dict:

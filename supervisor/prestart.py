@@ -19,14 +19,7 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
     from .backup.history import refuse_unusable_db, unshare_pre_restore
 
     paths = settings.paths
-    from .schedule import interval
-
-    try:  # a bad SPARKQ_BACKUP_KEEP or _INTERVAL stops us before first-run set-up writes anything
-        if not skip_backup:
-            settings.backup_keep()
-        interval(settings)
-    except SparkqError as exc:
-        raise _not_started(exc) from None
+    check_retention(settings, skip_backup)
     refuse_unusable_db(paths)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
@@ -50,6 +43,19 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
     return settings
+
+
+def check_retention(settings: Settings, skip_backup: bool) -> None:
+    """A bad SPARKQ_BACKUP_KEEP or SPARKQ_BACKUP_INTERVAL stops a start before first-run set-up
+    writes anything."""
+    from .schedule import interval
+
+    try:
+        if not skip_backup:
+            settings.backup_keep()
+        interval(settings)
+    except SparkqError as exc:
+        raise _not_started(exc) from None
 
 
 def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):

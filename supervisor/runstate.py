@@ -11,7 +11,7 @@ import signal
 from dataclasses import asdict, dataclass
 
 from . import pidfile, process
-from .fsutil import atomic_write_bytes
+from .fsutil import temp_name
 from .paths import Paths
 
 RELEASE = signal.SIGUSR1  # from `stop`: exit and leave the server to me (see lifecycle.stop)
@@ -34,9 +34,14 @@ class State:
 
 
 def write_state(paths: Paths, state: State) -> None:
-    paths.supervisor_state.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(paths.supervisor_state, json.dumps(state.to_dict(), indent=2).encode() + b"\n",
-                       mode=0o644)
+    """Replace the file whole (temp + rename) but without fsync: it is no user data, a crash
+    loses nothing that matters, and `stop` waits on the supervisor while it writes this."""
+    target = paths.supervisor_state
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_name(target)
+    temp.write_bytes(json.dumps(state.to_dict(), indent=2).encode() + b"\n")
+    os.chmod(temp, 0o644)
+    os.replace(temp, target)
 
 
 def read_state(paths: Paths) -> State | None:
