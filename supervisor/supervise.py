@@ -28,6 +28,7 @@ from .locking import file_lock
 from .runstate import RELEASE, State, exit_record, own_state, write_state
 
 STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
+OFFSITE_CHECK_S = 60.0  # how often the loop looks for failed off-site pushes to retry
 
 
 # --- signals and the watchdog -----------------------------------------------------------------
@@ -127,10 +128,12 @@ class Supervisor:
     delay: float = 1.0
     server_pid: int | None = None
     schedule: object | None = None  # schedule.BackupSchedule, once the server first got healthy
+    next_offsite_check: float = 0.0  # monotonic time of the next look at failed off-site pushes
 
     def __post_init__(self) -> None:
         self.state = own_state(self.mode)
         self.watchdog = Watchdog(self.notifier)
+        self.next_offsite_check = time.monotonic() + OFFSITE_CHECK_S  # a start has just pushed
 
     def save(self, **changes) -> None:
         for key, value in changes.items():
@@ -149,6 +152,26 @@ class Supervisor:
         them): called from the loop about every 0.1 s, between checks; keep each call short."""
         if self.schedule is not None:
             self.schedule.step(time.time())  # starts or reaps a backup child; never blocks
+        now = time.monotonic()
+        if now >= self.next_offsite_check:
+            self.next_offsite_check = now + OFFSITE_CHECK_S
+            self._retry_offsite()
+
+    def _retry_offsite(self) -> None:
+        """Off-site pushes that failed are tried again on their own backoff (offsite_state.py:
+        1 min, doubling, up to 6 h), in a detached child that tick() reaps; never raises."""
+        try:
+            from .backup import offsite_state
+
+            if not offsite_state.configured(self.settings):
+                return
+            state = offsite_state.load(self.settings.paths)
+            if state.failures and state.retry_due():
+                from .backup.offsite import spawn_push
+
+                spawn_push(self.settings)
+        except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
+            log.get().warning("offsite_retry_failed", error=str(exc))
 
     def first_start(self, trigger: str, skip_backup: bool, **launch_options):
         """The first start: its failure is reported at once, never retried while a person waits."""
