@@ -1,7 +1,8 @@
-"""kill -9 of the server while a client writes through the API, then `start` again.
+"""kill -9 of the server while a client writes through the API.
 
-The stale pidfile is reported and replaced, the pre-start backup of the crashed DB is whole and
-holds every write the server acknowledged, and the new server serves them.
+The supervisor that `start` left restarts it: the pre-start backup of the crashed DB is whole
+and holds every write the server acknowledged, and the new server serves them. With the
+supervisor gone too, the stale pidfile is reported and removed.
 """
 
 from __future__ import annotations
@@ -44,20 +45,18 @@ def test_kill_9_server_during_writes_then_start(project, api_writer, counter, lo
                    what="the killed server to be gone")
         acked = list(writer.acked)
         assert writer.failures, "the writer saw no failure although its server was killed"
-        assert project.pidfile.exists(), "the crashed server's pidfile is the stale one to handle"
 
-        again = project.cli("start")
-        assert again.returncode == 0, again.stdout + again.stderr
-        out = again.stdout + again.stderr
-        assert "stale pidfile" in out and str(pid) in out, out
-        assert "Traceback" not in out
-        new_pid = _pid(project)
-        assert new_pid != pid and len(server_processes(project)) == 1
+        # The supervisor restarts it (a pre-start backup first), with no one asking.
+        new_pid = wait_until(lambda: _restarted(project, pid), timeout=60, what="the supervisor's restart")
+        assert len(server_processes(project)) == 1
+        status = json.loads(project.cli("status", "--json").stdout)
+        assert status["state"] == "running" and status["restarts"] == round_ + 1, status
+        assert status["last_exit"]["signal"] == "SIGKILL", status
 
         # The pre-start backup is the crashed DB: whole, and every acknowledged write is in it.
         newest = max(project.backup_dir.glob("sparkq_2*"), key=lambda p: p.stat().st_mtime)
         manifest = json.loads((newest / "manifest.json").read_text())
-        assert manifest["trigger"] == "start" and manifest["integrity_check"] == "ok"
+        assert manifest["trigger"] == "restart" and manifest["integrity_check"] == "ok"
         assert bundle_problems(newest) == []
         count, low, high = counter(newest / "sparkq.db", namespace)
         assert count == high and (low == 1 or count == 0), (count, low, high)
@@ -74,9 +73,23 @@ def test_kill_9_server_during_writes_then_start(project, api_writer, counter, lo
     assert verify.returncode == 0, verify.stdout
 
 
+def _restarted(project, old_pid: int) -> int | None:
+    """The new server's PID once the supervisor's restart answers health, else None."""
+    try:
+        pid = _pid(project)
+        healthy = pid != old_pid and _get(project, "/health")["pid"] == pid
+    except (OSError, ValueError, KeyError):
+        return None
+    return pid if healthy else None
+
+
 def test_status_after_kill_9_reports_and_removes_the_stale_pidfile(project):
     assert project.cli("start").returncode == 0
     pid = _pid(project)
+    supervisor = json.loads(project.pidfile.read_text())["supervisor_pid"]
+    os.kill(supervisor, signal.SIGKILL)  # no one left to restart it: the pidfile goes stale
+    wait_until(lambda: not psutil.pid_exists(supervisor) or psutil.Process(supervisor).status() == psutil.STATUS_ZOMBIE,
+               what="the supervisor to be gone")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not listening(project.port), what="the port to close")
     status = project.cli("status")
