@@ -279,13 +279,20 @@ def _forget_failed_start(settings: Settings, child) -> None:
 
 
 def _wait_report(settings: Settings, child) -> dict:
-    from .runstate import read_state
+    from .runstate import read_state, take_reply
 
     while True:
         state = read_state(settings.paths)
         if state is not None and state.supervisor_pid == child.pid and state.report is not None:
             return state.report
-        if child.poll() is not None:
+        exited = child.poll() is not None  # before the reply: a reply written just before exit counts
+        reply = take_reply(settings.paths, child.pid)
+        if reply is not None:
+            return reply
+        state = read_state(settings.paths) if exited else None  # it may have written just before exiting
+        if state is not None and state.supervisor_pid == child.pid and state.report is not None:
+            return state.report
+        if exited:
             tail = process.log_tail(settings.paths.supervisor_log, lines=10)
             raise StartFailed(f"the supervisor exited with {process.describe_status(child.returncode)} before "
                               f"the server started; see {settings.paths.supervisor_log}\n" + "\n".join(tail))

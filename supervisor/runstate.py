@@ -44,6 +44,31 @@ def write_state(paths: Paths, state: State) -> None:
     os.replace(temp, target)
 
 
+def _reply_file(paths: Paths, pid: int):
+    return paths.supervisor_state.with_name(f".{paths.supervisor_state.name}.reply-{pid}")
+
+
+def write_reply(paths: Paths, pid: int, report: dict) -> None:
+    """The answer of a detached supervisor that never took charge (a server already runs, or
+    its start was refused), for the `start` waiting on it. It must not go into the state file:
+    that belongs to the supervisor in charge, whose state it would overwrite."""
+    target = _reply_file(paths, pid)
+    temp = temp_name(target)
+    temp.write_bytes(json.dumps(report).encode())
+    os.replace(temp, target)
+
+
+def take_reply(paths: Paths, pid: int) -> dict | None:
+    """The reply of supervisor `pid`, read once (the file is removed), or None."""
+    target = _reply_file(paths, pid)
+    try:
+        report = json.loads(target.read_bytes())
+    except (OSError, ValueError):
+        return None
+    target.unlink(missing_ok=True)
+    return report if isinstance(report, dict) else None
+
+
 def read_state(paths: Paths) -> State | None:
     try:
         data = json.loads(paths.supervisor_state.read_bytes())

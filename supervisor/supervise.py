@@ -25,7 +25,7 @@ from . import log, pidfile, process
 from .config import Settings
 from .errors import FAILURE, OK, SparkqError, exit_status
 from .locking import file_lock
-from .runstate import RELEASE, State, exit_record, own_state, write_state
+from .runstate import RELEASE, State, exit_record, own_state, write_reply, write_state
 
 STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
 OFFSITE_CHECK_S = 60.0  # how often the loop looks for failed off-site pushes to retry
@@ -414,21 +414,26 @@ def serve_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> in
     signals = StopSignals(notifier)
     signals.install()
     sup = Supervisor(settings, "start", notifier, signals)
+    said: list[str] = []  # the backup line: on failure, `start` says the backup was taken
+    in_charge = False  # until then the state file is another supervisor's (or nobody's)
     try:
         with file_lock(settings.paths.lockfile):
             notices: list[str] = []
             info = running(settings, notices)
             if info is not None:
-                sup.save(state="stopped", report={"pid": info.pid, "url": info.url, "already_running": True,
-                                                  "notices": notices})
+                write_reply(settings.paths, os.getpid(), {"pid": info.pid, "url": info.url,
+                                                          "already_running": True, "notices": notices})
                 return OK
             sup.save()
-            said: list[str] = []  # the backup line: on failure, `start` says the backup was taken
+            in_charge = True
             launched = sup.first_start(trigger, skip_backup, notices=notices,
                                        on_prepared=lambda _notices, line: said.append(line or ""))
     except SparkqError as exc:
-        sup.save(state="stopped", report={"error": str(exc), "exit_code": exc.exit_code,
-                                          "notices": [line for line in said if line]})
+        report = {"error": str(exc), "exit_code": exc.exit_code, "notices": [line for line in said if line]}
+        if in_charge:
+            sup.save(state="stopped", report=report)
+        else:
+            write_reply(settings.paths, os.getpid(), report)
         return exc.exit_code
     if launched.info is None:
         sup.save(state="stopped", report={"error": "stopped while starting", "exit_code": FAILURE})

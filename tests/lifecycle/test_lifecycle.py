@@ -92,6 +92,10 @@ def test_five_concurrent_starts_give_one_server(project, fake):
     assert sum("started (PID" in out for out, _ in outs) == 1
     assert sum("already running" in out for out, _ in outs) == 4
     assert fake.spawn_count() == 1 and len(fake.running()) == 1
+    # The four that found it running answered their `start` without touching the state file of
+    # the supervisor in charge: status still sees that one.
+    status = json.loads(project.cli("status", "--json").stdout)
+    assert status["state"] == "running" and status["supervisor_pid"] is not None, status
 
 
 def test_kill_9_then_status_cleans_stale_pidfile_then_start_works(project, fake):
