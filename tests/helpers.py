@@ -357,6 +357,23 @@ def server_processes(project: "Project") -> list:
     return found
 
 
+def descendants(pid: int, name: str | None = None) -> list:
+    """`pid`'s live descendants (named `name`, if given). A child may exit between the listing and
+    the look at its name: it is skipped, never raised, so a poll for a short-lived child is safe."""
+    found = []
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for child in children:
+        try:
+            if name is None or child.name() == name:
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def assert_no_server(project: "Project") -> None:
     assert not project.pidfile.exists(), project.pidfile.read_text()
     assert not server_processes(project)

@@ -8,10 +8,9 @@ import os
 import signal
 import subprocess
 
-import psutil
 
 from offsite_helpers import PASSWORD, offsite_config, reap_pushers
-from helpers import SPARKQ_BIN, grow_db, wait_until
+from helpers import SPARKQ_BIN, descendants, grow_db, wait_until
 
 
 def _restic_check(repo: str, password_file) -> subprocess.CompletedProcess:
@@ -119,7 +118,7 @@ def test_kill9_mid_push_then_next_push_completes(hermetic_cache, local_repo, pas
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def restic_writing():
-        kids = [p for p in psutil.Process(pusher.pid).children(recursive=True) if p.name() == "restic"]
+        kids = descendants(pusher.pid, "restic")
         data = os.path.join(local_repo, "data")
         written = os.path.isdir(data) and any(files for _d, _s, files in os.walk(data))
         return kids if written else None

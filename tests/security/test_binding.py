@@ -9,15 +9,17 @@ import stat
 
 import psutil
 
-from helpers import listening
+from helpers import descendants, listening
 
 
 def _listen_addresses(pid: int) -> set[str]:
     """The local IPs the server process (and its children) listen on."""
     addresses = set()
-    root = psutil.Process(pid)
-    for proc in [root, *root.children(recursive=True)]:
-        conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+    for proc in [psutil.Process(pid), *descendants(pid)]:
+        try:
+            conns = proc.net_connections(kind="inet") if hasattr(proc, "net_connections") else proc.connections("inet")
+        except psutil.NoSuchProcess:  # a short-lived child: it listened on nothing
+            continue
         addresses |= {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN}
     return addresses
 
