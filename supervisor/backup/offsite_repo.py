@@ -171,13 +171,18 @@ class CheckReport:
         return f"{head} ({what})" + ("" if self.ok else f": {self.message}")
 
 
+_CHECK_VERDICT = "repository contains errors"  # how `restic check` ends when it found damage
+
+
 def check(settings, *, read_data: bool = False) -> CheckReport:
     """`restic check` (with --read-data: download and verify every pack)."""
     target = target_of(settings)
     try:
         restic.run(restic.find(), target, ["check", *(["--read-data"] if read_data else [])])
     except restic.ResticError as exc:
-        if exc.no_repo or "wrong password" in str(exc):
+        # Only restic's own verdict is a failed verification (exit 5). A backend it cannot reach,
+        # a wrong password or a lock says nothing about the copies: an off-site failure (exit 1).
+        if _CHECK_VERDICT not in str(exc):
             raise
         return CheckReport(target.shown, False, read_data, str(exc))
     return CheckReport(target.shown, True, read_data, "no errors were found")

@@ -48,6 +48,34 @@ def test_backup_pushes_and_lists(hermetic_cache, local_repo, password_file):
         assert PASSWORD not in proc.stdout + proc.stderr
 
 
+def test_verify_tells_a_damaged_repository_from_an_unreachable_one(hermetic_cache, local_repo, password_file):
+    """A repository with a pack gone fails verification (exit 5); one that cannot be reached is an
+    off-site failure (exit 1), not a verdict on the copies."""
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    assert project.cli("backup").returncode == 0
+    packs = [os.path.join(d, f) for d, _s, files in os.walk(os.path.join(local_repo, "data")) for f in files]
+    # The largest pack holds file data; restic retries a missing tree pack for about a minute.
+    os.rename(max(packs, key=os.path.getsize), os.path.join(local_repo, "lost-pack"))
+    damaged = project.cli("backup-verify", "--offsite")
+    assert damaged.returncode == 5 and "FAILED" in damaged.stdout, damaged.stdout + damaged.stderr
+    holder = subprocess.Popen(["restic", "backup", "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "RESTIC_REPOSITORY": local_repo,
+                                                               "RESTIC_PASSWORD_FILE": str(password_file)})
+    try:  # a backup in progress holds a lock: check cannot take its exclusive one
+        wait_until(lambda: os.listdir(os.path.join(local_repo, "locks")), timeout=30, what="restic's lock")
+        locked = project.cli("backup-verify", "--offsite")
+        assert locked.returncode == 1 and "locked" in locked.stderr, locked.stdout + locked.stderr
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    os.rename(local_repo, local_repo + "-unplugged")
+    os.makedirs(local_repo)  # the mount point of a disk that is not there
+    gone = project.cli("backup-verify", "--offsite")
+    assert gone.returncode == 1, gone.stdout + gone.stderr
+    assert len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr
+
+
 def test_unchanged_bundle_dedups(hermetic_cache, local_repo, password_file):
     """A second push of the same state adds almost nothing: stable path, content-defined chunks."""
     project = hermetic_cache

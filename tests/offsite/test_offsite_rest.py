@@ -78,6 +78,8 @@ def test_backend_down_keeps_backups_pending(hermetic_cache, rest_server, passwor
     shown = project.cli("status")
     assert "off-site: 2 pending, last push failed" in shown.stdout
     assert len(list(project.backup_dir.glob("sparkq_*"))) == 3
+    unchecked = project.cli("backup-verify", "--offsite")  # no verdict on copies it cannot reach
+    assert unchecked.returncode == 1 and len(unchecked.stderr.strip().splitlines()) == 1, unchecked.stderr
     rest_server.start()
     pushed = project.cli("backup-push")
     assert pushed.returncode == 0, pushed.stdout + pushed.stderr
