@@ -188,7 +188,7 @@ def db_unusable(db) -> str | None:
     certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""
     import sqlite3
 
-    from sparkq.storage import TABLES
+    from sparkq.schema import TABLES
 
     try:
         with open(db, "rb") as fh:

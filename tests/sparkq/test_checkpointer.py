@@ -17,7 +17,7 @@ import httpx
 
 from helpers import Project, wait_until
 from sparkq import storage
-from sparkq.app import Database
+from sparkq.database import Database
 
 PAGE = 4096
 VALUE = "v" * 20_000  # a config value of about five pages: the WAL grows fast

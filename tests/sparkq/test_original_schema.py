@@ -11,6 +11,7 @@ import pytest
 
 from original import ORIGINAL_INDEXES, ORIGINAL_TABLES, make_original_db, original_start
 from sparkq import storage
+from sparkq.schema import SCHEMA
 
 # Columns the original declares NOT NULL that stay nullable in ours, and why: our API lets a
 # session go without a project and a queue without a session. The original always writes them,
@@ -119,7 +120,7 @@ def test_an_original_database_is_upgraded_in_place_keeping_every_row(tmp_path):
         assert conn.execute("SELECT id, typeof(id) FROM agent_roles ORDER BY id").fetchall() == [
             (1, "integer"), (2, "integer")]
         assert conn.execute("SELECT value FROM config WHERE key = 'theme'").fetchone()[0] == '"dark"'
-        for table, (columns, _) in storage._SCHEMA.items():
+        for table, (columns, _) in SCHEMA.items():
             assert {c[0] for c in columns} <= set(_columns(conn, table)), table
     finally:
         conn.close()

@@ -1,4 +1,4 @@
-"""Schema, seeding and migrations of sparkq.storage against real SQLite files."""
+"""Schema (sparkq.schema), seeding and migrations of sparkq.storage against real SQLite files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sparkq import storage
+from sparkq import schema, storage
 
 
 def _setup(path, **kw):
@@ -35,7 +35,7 @@ def _write(path, sql, params=()):
 def test_fresh_setup_creates_every_table_and_seeds_defaults(tmp_path):
     db = tmp_path / "data" / "sparkq.db"
     result = _setup(db)
-    assert result["created"] == sorted(storage.TABLES)
+    assert result["created"] == sorted(schema.TABLES)
     assert result["seeded"] == {
         "config": 5, "prompts": 33, "agent_roles": 8, "task_classes": 4, "tools": 7, "projects": 1,
     }
