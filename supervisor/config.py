@@ -3,6 +3,8 @@
 A malformed file or a wrong type fails with one line naming the file, the key path (or the YAML
 line) and what was expected. Unknown keys only warn. Recovery commands load leniently: with the
 file missing or broken they fall back to the default paths and say so in one line.
+
+Reading the file (YAML and its JSON cache) is config_file.py; the project's `.env` is envfile.py.
 """
 
 from __future__ import annotations
@@ -14,12 +16,11 @@ from typing import Any
 
 from sparkq.settings import WILDCARD_HOSTS  # the server's list: what it warns about, we warn about
 
-from . import log
+from .config_file import CACHE_NAME, read_cached, read_yaml
 from .errors import ConfigError
 from .paths import DEFAULT_BACKUP_DIR, DEFAULT_DB, Paths, project_root
 
 KEEP_ENV = "SPARKQ_BACKUP_KEEP"
-_CACHE_NAME = ".config-cache.json"
 CONFIG_ENV = "SPARKQ_CONFIG"
 
 # key path -> (expected type(s), default, description of what is expected)
@@ -56,8 +57,6 @@ _FREE_SECTIONS = {"task_classes", "tools", "purge", "logging", "ui", "features",
 _ORIGINAL_SECTIONS = {"project", "queue_runner", "defaults", "sparkq_scripts_dir", "script_dirs"}
 # Keys the original writes inside sections we own, with the one value that matches what we do.
 _ORIGINAL_KEYS = {"database.mode": "wal"}  # our server always runs the database in WAL mode
-# Bumped when parsing rules change, so a parse cached by an older version is not trusted.
-_PARSER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -202,13 +201,24 @@ def load(
                 raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
         return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
     try:
-        raw = _read_cached(path, root / "sparkq" / "data" / _CACHE_NAME)
+        raw = read_cached(path, root / "sparkq" / "data" / CACHE_NAME)
         values, warnings = _validate(path, raw)
     except ConfigError as exc:
         if not lenient:
             raise
         return _build(root, path, {}, [], notice=f"{exc}; using default paths")
     return _build(root, path, values, warnings)
+
+
+def settings_from_file(path: Path, *, root: Path, config_file: Path) -> Settings:
+    """Settings from the sparkq.yml at `path`, read and checked by the rules of `load`, as if it
+    stood at `config_file` (its relative paths resolve there): what restoring that file would give.
+
+    No cache (the file is not the project's) and no lenient fallback: a broken file raises
+    ConfigError naming `path`.
+    """
+    values, warnings = _validate(path, read_yaml(path))
+    return _build(root, config_file, values, warnings)
 
 
 def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], notice=None) -> Settings:
@@ -226,94 +236,6 @@ def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], n
         backup_dir=resolve(values["backup.dir"]),
     )
     return Settings(paths=paths, values=values, warnings=warnings, notice=notice)
-
-
-def _read_cached(path: Path, cache: Path) -> Any:
-    """The parsed YAML of `path`, from a JSON cache while the file is unchanged.
-
-    Importing PyYAML costs more than the rest of a quick command (`status`, `backup-list`), so
-    the parse is kept as JSON beside the data, keyed by the file's path, mtime, size and inode.
-    Only data that survives a JSON round trip unchanged is cached; validation always runs.
-    """
-    import json
-
-    try:
-        st = path.stat()
-        stamp = [str(path), st.st_mtime_ns, st.st_size, st.st_ino, _PARSER_VERSION]
-    except OSError:
-        return _read_yaml(path)  # it says why
-    try:
-        cached = json.loads(cache.read_bytes())
-        if cached["stamp"] == stamp:
-            return cached["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    data = _read_yaml(path)
-    try:
-        blob = json.dumps({"stamp": stamp, "data": data}).encode()
-        if json.loads(blob)["data"] == data and cache.parent.is_dir():
-            from .fsutil import atomic_write_bytes
-
-            atomic_write_bytes(cache, blob, mode=0o600)
-    except (OSError, TypeError, ValueError):
-        pass  # a read-only data dir, or YAML values JSON cannot hold: parse each time
-    return data
-
-
-_UniqueKeyLoader = None  # built on first use: importing yaml is what the JSON cache avoids
-
-
-def _read_yaml(path: Path) -> Any:
-    import yaml
-
-    global _UniqueKeyLoader
-    if _UniqueKeyLoader is None:
-        _UniqueKeyLoader = _unique_key_loader()
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; fix or restore it (backup-restore N --config-only)")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror}); check its permissions")
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as exc:
-        raise ConfigError(f"{path}: line {exc.line}: key '{exc.key}' appears twice ({exc.where}); "
-                          "keep one of them") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: invalid YAML ({problem}); fix the file or restore it")
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str, line: int, where: str):
-        super().__init__(key)
-        self.key, self.line, self.where = key, line, where
-
-
-def _unique_key_loader():
-    """A SafeLoader that refuses a mapping with the same key twice: PyYAML would keep the last
-    one silently, so a second `server:` section would quietly drop the first."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node, deep=False):
-            seen: dict = {}
-            for key_node, _value in node.value:
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    if key in seen:
-                        raise _DuplicateKey(str(key), line, f"first on line {seen[key]}")
-                    seen[key] = line
-                except TypeError:
-                    continue  # an unhashable key: the base class reports it
-            return super().construct_mapping(node, deep=deep)
-
-    return Loader
 
 
 def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
@@ -379,62 +301,3 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
 
 def _kind(value: Any) -> str:
     return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
-# --- .env ------------------------------------------------------------------------------------
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """Parse a `.env` file: KEY=VALUE lines, `#` comments, optional `export `, optional quotes.
-
-    Lines that are not UTF-8 or not KEY=VALUE are skipped with one warning naming their line
-    numbers only; values are never logged.
-    """
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        log.get().warning("env_file_unreadable", path=str(path), error=exc.strerror)
-        return {}
-    result: dict[str, str] = {}
-    bad: list[int] = []
-    for number, raw_line in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw_line.decode("utf-8").strip()
-        except UnicodeDecodeError:
-            bad.append(number)
-            continue
-        if not line or line.startswith("#"):
-            continue
-        parsed = _env_line(line)
-        if parsed is None:
-            bad.append(number)
-        else:
-            result[parsed[0]] = parsed[1]
-    if bad:
-        log.get().warning("env_file_lines_skipped", path=str(path), lines=bad,
-                          hint="each line must be KEY=VALUE in UTF-8")
-    return result
-
-
-def _env_line(line: str) -> tuple[str, str] | None:
-    if line.startswith("export "):
-        line = line[len("export "):].lstrip()
-    key, sep, value = line.partition("=")
-    key = key.strip()
-    if not sep or not key or not (key[0].isalpha() or key[0] == "_") or not all(
-        c.isalnum() or c == "_" for c in key
-    ) or not key.isascii():
-        return None
-    value = value.strip()
-    if value and value[0] in "\"'":
-        close = value.find(value[0], 1)
-        rest = value[close + 1:].strip() if close > 0 else ""
-        if close < 0 or (rest and not rest.startswith("#")):
-            return None  # an opening quote never closed, or text after the closing one
-        value = value[1:close]
-    else:
-        value = value.split(" #", 1)[0].rstrip()
-    return key, value
-

@@ -239,7 +239,7 @@ def _replace_unsupervised(settings: Settings) -> list[str]:
 def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
                       notices: list[str]) -> StartResult:
     """Leave a supervisor running (supervise.serve_detached) and report its first start."""
-    from .config import read_env_file
+    from .envfile import read_env_file
     from .supervise import spawn_detached
 
     # Warnings belong here, where a person reads them (the supervisor logs them to its file).

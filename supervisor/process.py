@@ -21,7 +21,8 @@ from pathlib import Path
 from . import leftovers, log
 from .errors import SparkqError, StartFailed
 from .fsutil import rotate_log
-from .config import Settings, read_env_file
+from .config import Settings
+from .envfile import explain_e2big, read_env_file
 from .pidfile import now_iso
 
 LOG_TAIL_LINES = 20
@@ -90,8 +91,6 @@ def spawn(settings: Settings) -> Spawned:
             )
         except OSError as exc:
             if exc.errno == errno.E2BIG:
-                from .envsize import explain_e2big
-
                 raise StartFailed(explain_e2big(argv, env, paths.env_file)) from None
             raise StartFailed(
                 f"cannot run the server command {argv[0]!r}: {exc.strerror}; check server.command in "

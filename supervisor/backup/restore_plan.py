@@ -182,13 +182,12 @@ def _restored_config(yml: Path, paths, scope: str, notes: list[str], warnings: l
 
     try:
         # The same reading and path rules as `config.load`, with the restored file in place.
-        values, _ = config._validate(yml, config._read_yaml(yml))
+        restored = config.settings_from_file(yml, root=paths.root, config_file=paths.config_file)
     except ConfigError as exc:
         notes.append(f"the backup's sparkq.yml does not load ({exc}); after the restore, commands fall "
                      "back to the default paths until it is fixed")
         return None
-    restored = config._build(paths.root, paths.config_file, values, [])
-    host = str(values.get("server.host", "127.0.0.1"))
+    host = restored.host
     if host.strip("[]") in config.WILDCARD_HOSTS:
         warnings.append(f"the backup's sparkq.yml binds server.host {host!r} (every network interface): "
                         "once restored, the API is reachable from other machines; set server.host: "

@@ -11,7 +11,7 @@ import psutil
 from structlog.testing import capture_logs
 
 from supervisor import config, pidfile, process
-from supervisor.config import read_env_file
+from supervisor.envfile import read_env_file
 from supervisor.errors import exit_status
 
 
