@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import log
+from ..envfile import read_env_file
 from ..errors import ConfigError, OffsiteFailed, SparkqError, UsageError
 from . import offsite_state, restic
 from .offsite_state import configured
@@ -53,7 +54,7 @@ def target_of(settings) -> restic.Target:
     password_file = _private_file(base, pw, "offsite.password_file", "the repository password")
     env: dict[str, str] = {}
     if settings.offsite_env_file:
-        env = _read_env(_private_file(base, settings.offsite_env_file, "offsite.env_file",
+        env = read_env_file(_private_file(base, settings.offsite_env_file, "offsite.env_file",
                                       "backend credentials"))
     if repo[0] not in "/~" and ":" not in repo.split("/")[0]:
         repo = str(base / repo)  # a relative local path: relative to sparkq.yml, as our other paths
@@ -73,20 +74,6 @@ def _private_file(base: Path, given: str, key: str, holds: str) -> Path:
         raise ConfigError(f"{key} {path} has mode {stat.S_IMODE(st.st_mode):o}, readable by other users; "
                           f"it holds {holds}: run chmod 600 {path}")
     return path
-
-
-def _read_env(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env
 
 
 def keep_policy(settings) -> dict[str, int]:

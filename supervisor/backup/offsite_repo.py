@@ -13,7 +13,6 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from .. import log
 from ..errors import BackupNotFound, OffsiteFailed, VerificationFailed

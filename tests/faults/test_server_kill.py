@@ -47,7 +47,7 @@ def test_kill_9_server_during_writes_then_start(project, api_writer, counter, lo
         assert writer.failures, "the writer saw no failure although its server was killed"
 
         # The supervisor restarts it (a pre-start backup first), with no one asking.
-        new_pid = wait_until(lambda: _restarted(project, pid), timeout=60, what="the supervisor's restart")
+        wait_until(lambda: _restarted(project, pid), timeout=60, what="the supervisor's restart")
         assert len(server_processes(project)) == 1
         status = json.loads(project.cli("status", "--json").stdout)
         assert status["state"] == "running" and status["restarts"] == round_ + 1, status

@@ -7,7 +7,6 @@ order and contract without depending on how a bundle is written.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 import types

@@ -11,7 +11,7 @@ import stat
 
 import httpx
 
-from helpers import Project, base_env, free_port, wait_until
+from helpers import Project, base_env, free_port
 from offsite_helpers import PASSWORD, offsite_config, reap_pushers
 
 
