@@ -11,13 +11,10 @@ import subprocess
 import threading
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
-from supervisor.paths import Paths
-
 from . import api, dbgen
-from .proc import PYTHON, SPARKQ, BenchError, Run, free_port, kill_pidfile_server, run, serve_alone, stop_proc
+from .proc import PYTHON, SPARKQ, BenchError, ProjectRoot, Run, free_port, kill_pidfile_server, run, serve_alone, stop_proc
 from .report import Report, Row, fmt_s, size_label
 
 WRITER = Path(__file__).with_name("writer.py")
@@ -30,36 +27,6 @@ LIST_BUNDLES = 1000
 SIZE_CASES = ("backup", "writer", "api", "restore", "schedule")  # run once per database size
 SMALL_CASES = ("imports", "status", "start", "list")  # fixed-cost commands, run once
 CASES = SMALL_CASES + SIZE_CASES
-
-
-@dataclass
-class Project:
-    """A throwaway project root: sparkq.yml on a free port, its DB and backups under it."""
-
-    root: Path
-    port: int
-    env: dict
-
-    @property
-    def paths(self) -> Paths:
-        """The same paths the supervisor uses for this root (the default sparkq.yml layout)."""
-        return Paths.default(self.root)
-
-    @property
-    def data_dir(self) -> Path:
-        return self.paths.data_dir
-
-    @property
-    def db(self) -> Path:
-        return self.paths.db
-
-    @property
-    def backup_dir(self) -> Path:
-        return self.paths.backup_dir
-
-    @property
-    def pidfile(self) -> Path:
-        return self.paths.pidfile
 
 
 def restore_phases(stderr: str) -> dict[str, float]:
@@ -81,13 +48,13 @@ class Bench:
         self.only = only
         self.pairs = pairs
         self.report = report
-        self.projects: list[Project] = []
+        self.projects: list[ProjectRoot] = []
         self.servers: list[subprocess.Popen] = []
         self.rss: dict[float, float] = {}
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def project(self, name: str) -> Project:
+    def project(self, name: str) -> ProjectRoot:
         root = self.work / name
         root.mkdir(parents=True)
         port = free_port()
@@ -96,11 +63,11 @@ class Bench:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("SPARKQ_") and k != "NOTIFY_SOCKET"}
         env["SPARKQ_ROOT"] = str(root)
-        proj = Project(root=root, port=port, env=env)
+        proj = ProjectRoot(root=root, port=port, env=env)
         self.projects.append(proj)
         return proj
 
-    def sparkq(self, proj: Project, *args: str, check: bool = True) -> Run:
+    def sparkq(self, proj: ProjectRoot, *args: str, check: bool = True) -> Run:
         return run([SPARKQ, *args], env=proj.env, cwd=proj.root, check=check)
 
     def sqlite_backup(self, src: Path, dst: Path) -> float:
@@ -133,7 +100,7 @@ class Bench:
             traceback.print_exc()
             self.report.error(measure, size, f"{type(exc).__name__}: {exc}")
 
-    def stop_project_server(self, proj: Project) -> None:
+    def stop_project_server(self, proj: ProjectRoot) -> None:
         if proj.pidfile.exists():
             self.sparkq(proj, "stop", check=False)
             kill_pidfile_server(proj.pidfile)
@@ -150,7 +117,7 @@ class Bench:
         self.projects.clear()
         self.servers.clear()
 
-    def drop(self, proj: Project) -> None:
+    def drop(self, proj: ProjectRoot) -> None:
         self.stop_project_server(proj)
         shutil.rmtree(proj.root, ignore_errors=True)
         self.projects.remove(proj)
@@ -189,7 +156,7 @@ class Bench:
         self.guarded("schedule", "scheduled backup", label, lambda: case_schedule(self, proj, size_mb))
         self.drop(proj)
 
-    def case_backup(self, proj: Project, size_mb: float) -> None:
+    def case_backup(self, proj: ProjectRoot, size_mb: float) -> None:
         label = size_label(size_mb)
         print(f"-- {label}: sparkq backup vs sqlite3 .backup", flush=True)
         rss: list[float] = []
@@ -221,7 +188,7 @@ class Bench:
             verdict="PASS" if growth < RSS_GROWTH_MB else "MISS", data={"rss_by_size_mb": self.rss},
         ))
 
-    def case_writer(self, proj: Project, size_mb: float) -> None:
+    def case_writer(self, proj: ProjectRoot, size_mb: float) -> None:
         label = size_label(size_mb)
         print(f"-- {label}: writer commit latency during sparkq backup vs none", flush=True)
         with_backup: list[dict] = []
@@ -252,7 +219,7 @@ class Bench:
             note="; ".join(errors), data={"commits": sum(r["commits"] for r in with_backup)},
         ))
 
-    def writer_pair(self, proj: Project, tag: str, *command: str) -> tuple[dict, dict, float]:
+    def writer_pair(self, proj: ProjectRoot, tag: str, *command: str) -> tuple[dict, dict, float]:
         """The writer's summary during `sparkq COMMAND`, then alone for as long; and how long it took."""
         w = self._start_writer(proj, f"{tag}a")
         try:
@@ -269,7 +236,7 @@ class Bench:
         dbgen.checkpoint(proj.db)
         return during, alone, r.seconds
 
-    def _start_writer(self, proj: Project, tag: str, script: Path = WRITER, args: tuple[str, ...] = ()):
+    def _start_writer(self, proj: ProjectRoot, tag: str, script: Path = WRITER, args: tuple[str, ...] = ()):
         """Start a load process (`script ARGS... DB OUT.json`) and wait for its "ready" line."""
         out = proj.root / f"{script.stem}-{tag}.json"
         proc = subprocess.Popen([PYTHON, str(script), *args, str(proj.db), str(out)], cwd=proj.root, env=proj.env,
@@ -299,7 +266,7 @@ class Bench:
             raise BenchError(f"{proc.args[1]} exited {proc.returncode} without a summary")
         return json.loads(out.read_text())
 
-    def case_restore(self, proj: Project, size_mb: float) -> None:
+    def case_restore(self, proj: ProjectRoot, size_mb: float) -> None:
         label = size_label(size_mb)
         print(f"-- {label}: sparkq backup-restore 1 --db-only --yes vs sqlite3 .backup of the bundle", flush=True)
         dbgen.prune(proj.backup_dir)
@@ -370,7 +337,7 @@ class Bench:
                 data={"modules": len(modules), "import_ms": total_us / 1000, "http_stack": heavy},
             ))
 
-    def case_status(self, proj: Project) -> None:
+    def case_status(self, proj: ProjectRoot) -> None:
         print("-- sparkq status (server running) vs python -c " + repr(IMPORT_FLOOR), flush=True)
         self.sparkq(proj, "start")
         try:
@@ -384,7 +351,7 @@ class Bench:
             dbgen.prune(proj.backup_dir)
         self.report.ratio_row("sparkq status vs import floor", "", A, B, 1.5)
 
-    def case_start(self, proj: Project, size_mb: float) -> None:
+    def case_start(self, proj: ProjectRoot, size_mb: float) -> None:
         print("-- sparkq start to healthy vs server alone + sparkq backup", flush=True)
         alone: list[float] = []
         backups: list[float] = []

@@ -10,13 +10,53 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from supervisor.paths import Paths
 
 PYTHON = sys.executable
 VENV_BIN = Path(sys.executable).parent
 SPARKQ = str(VENV_BIN / "sparkq")
 LAUNCH = Path(__file__).with_name("launch.py")
+
+
+@dataclass
+class ProjectRoot:
+    """A throwaway project root with sparkq.yml on a free port; the benchmarks and the tests both
+    build on it. Its paths are the supervisor's own (`Paths.default`), never built by hand."""
+
+    root: Path
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.default(self.root)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data_dir
+
+    @property
+    def db(self) -> Path:
+        return self.paths.db
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.paths.backup_dir
+
+    @property
+    def config(self) -> Path:
+        return self.paths.config_file
+
+    @property
+    def pidfile(self) -> Path:
+        return self.paths.pidfile
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 class BenchError(Exception):

@@ -13,15 +13,14 @@ import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 import psutil
 
-from bench.proc import free_port  # noqa: F401 - one definition, shared with the benchmarks
-from supervisor.paths import Paths
+from bench.proc import ProjectRoot, free_port  # noqa: F401 - one definition, shared with the benchmarks
 
 REPO = Path(__file__).resolve().parent.parent
 SPARKQ_SH = REPO / "sparkq.sh"
@@ -42,38 +41,11 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: s
 
 
 @dataclass
-class Project:
-    """A temp project root: sparkq.yml with a free port, its own data dir, env pointing at it."""
+class Project(ProjectRoot):
+    """A temp project root for a test: its own data dir, env pointing at it, and a reaper that
+    kills what the test started."""
 
-    root: Path
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
     reaper: "Reaper | None" = None
-
-    @property
-    def paths(self) -> Paths:
-        """Where the supervisor looks with the default config: the same code decides both."""
-        return Paths.default(self.root)
-
-    @property
-    def db(self) -> Path:
-        return self.paths.db
-
-    @property
-    def backup_dir(self) -> Path:
-        return self.paths.backup_dir
-
-    @property
-    def config(self) -> Path:
-        return self.paths.config_file
-
-    @property
-    def pidfile(self) -> Path:
-        return self.paths.pidfile
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def write_config(self, extra: str = "") -> None:
         self.config.write_text(
@@ -338,6 +310,22 @@ def one_line_error(proc, *, codes=None) -> str:
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("sparkq: "), lines[0]
     return lines[0]
+
+
+def wait_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = 30) -> None:
+    """Wait until the server `proc` answers GET /health at `url`; if it exits first, fail with its
+    log (stderr redirected to `log`)."""
+    import httpx
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(healthy, timeout=timeout, what="GET /health")
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:

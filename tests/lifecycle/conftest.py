@@ -21,6 +21,14 @@ FAKE_SERVER = textwrap.dedent('''
     if mode == "boot-fail":
         print("boom: cannot open the widget store", file=sys.stderr, flush=True)
         sys.exit(3)
+    if mode.startswith("daemonize"):  # double fork + setsid: the process started exits 0 at once
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        if mode == "daemonize-clear-env":
+            os.environ.clear()
     if mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         helper = os.fork()
@@ -46,7 +54,11 @@ FAKE_SERVER = textwrap.dedent('''
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"status": "ok", "pid": os.getpid(), "mode": mode}).encode()
+            # A daemon's answer names no PID, as a third-party server's would not: the
+            # supervisor cannot tell it from its own by the answer.
+            daemon = mode.startswith(("daemonize", "fork-after-answer"))
+            body = json.dumps({"status": "ok", "mode": mode, **({} if daemon else {"pid": os.getpid()})}).encode()
+            type(self).answered = True
             self.send_response(200 if self.path == "/health" else 404)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -56,7 +68,14 @@ FAKE_SERVER = textwrap.dedent('''
         def log_message(self, *args):
             pass
 
-    HTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    server = HTTPServer(("127.0.0.1", port), Handler)
+    if mode == "fork-after-answer":  # healthy first, then into the background
+        while not getattr(Handler, "answered", False):
+            server.handle_request()
+        if os.fork():
+            os._exit(0)
+        os.setsid()
+    server.serve_forever()
 ''')
 
 

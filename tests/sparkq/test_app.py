@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import Project, free_port, wait_until
+from helpers import Project, free_port, wait_serving, wait_until
 from sparkq import __version__
 from sparkq.__main__ import exposure_warning
 
@@ -41,16 +41,7 @@ def _start(project: Project, *args: str, port: int | None = None, name: str = "s
         )
     url = f"http://127.0.0.1:{port}"
     server = Server(project, proc, url, log)
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=30, what="GET /health")
+    wait_serving(proc, url, log)
     return server
 
 

@@ -11,7 +11,7 @@ import sys
 import httpx
 import pytest
 
-from helpers import Project, wait_until
+from helpers import Project, wait_serving
 from original import ORIGINAL_TABLES, make_original_db, original_start
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -43,15 +43,7 @@ def _serve(project: Project):
     with open(log, "w") as err:
         proc = project.popen(sys.executable, "-P", "-m", "sparkq", "--port", str(project.port), "--db",
                              str(project.db), stdout=subprocess.DEVNULL, stderr=err)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{project.url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=30, what="GET /health")
+    wait_serving(proc, project.url, log)
     walk = Walk(project.url)
     yield walk
     walk.client.close()

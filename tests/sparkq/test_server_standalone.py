@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-
-from helpers import REPO, Project, wait_until
+from helpers import REPO, Project, wait_serving
 
 # Runs `python -m sparkq ARGS` with every `supervisor` import failing.
 _WITHOUT_SUPERVISOR = (
@@ -45,15 +43,7 @@ def test_the_server_runs_from_sparkq_yml_without_the_supervisor(project: Project
     log = project.root / "server.err"
     with open(log, "w") as err:
         proc = _run(project, stdout=subprocess.DEVNULL, stderr=err)
-
-    def healthy() -> bool:
-        assert proc.poll() is None, log.read_text()
-        try:
-            return httpx.get(f"{project.url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=30, what="GET /health")
+    wait_serving(proc, project.url, log)
     assert (project.root / "data" / "q.db").exists()  # database.path, relative to sparkq.yml
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0, log.read_text()
