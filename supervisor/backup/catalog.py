@@ -325,15 +325,16 @@ def _entry_of(item: os.DirEntry, cache: manifests.ListingCache | None = None) ->
         damaged = damaged or manifests.db_problem(item.path, name)
         manifest = raw if damaged is None else None
     # One order everywhere (listing, restore refs, retention): the manifest's created_at, which
-    # carries an offset, else the name as local time, else the mtime.
-    created = _parse_iso(manifest.get("created_at")) if manifest else None
-    if created is None:
-        created = name_time(day, clock)
+    # carries an offset (also when the bundle is damaged otherwise), else the name in the clock its
+    # mtime agrees with (layout.name_time), else the mtime.
+    created = _parse_iso(raw.get("created_at")) if isinstance(raw, dict) else None
     if created is None:
         try:
-            created = datetime.fromtimestamp(item.stat(follow_symlinks=False).st_mtime, timezone.utc)
+            mtime = item.stat(follow_symlinks=False).st_mtime
         except OSError:
-            created = _EPOCH
+            mtime = None
+        created = name_time(day, clock, mtime) or (
+            _EPOCH if mtime is None else datetime.fromtimestamp(mtime, timezone.utc))
     return Entry(
         name=name,
         path=path,

@@ -21,7 +21,9 @@ maybe with a `.yml` of the same stem beside it (and, for its `sparkq_preRestore_
 
 **Clocks.** Our names carry UTC (`created_at` in the manifest, with its offset, is the exact
 time). The original named its backups with `date +%Y%m%d_%H%M%S`: local time. A name is only
-read as a time when nothing better is known, and then as local time (name_time).
+read as a time when no manifest says `created_at` (a legacy file, or a manifest that is not
+JSON), and then in the clock its modification time agrees with: UTC for one of ours, local time
+for the original's; local time when neither agrees, as in a folder copied later (name_time).
 
 **Versions** (`backup_version`): "2.0" is ours; "2.1" is the original SparkQ's, *older* despite
 the number. A 2.1 bundle has `files` as an object of lists, `configuration_files` instead of
@@ -96,15 +98,25 @@ def bundle_name(prefix: str, created: datetime) -> str:
     return f"{prefix}_{created.astimezone(timezone.utc).strftime(STAMP)}"
 
 
-def name_time(day: str, clock: str) -> datetime | None:
-    """The time a name's `YYYYMMDD` and `HHMMSS` say, read as the machine's local time (the
-    original's clock; legacy files carry no other). None when they make no date."""
+NAME_CLOCK_SLACK_S = 3600  # a bundle is written within this long of the time its name says
+
+
+def name_time(day: str, clock: str, mtime: float | None = None) -> datetime | None:
+    """The time a name's `YYYYMMDD` and `HHMMSS` say. Local time (the original's clock; legacy
+    files carry no other), unless `mtime`, the entry's modification time, agrees with the name
+    read as UTC and not with it read as local time: then it is one of ours whose manifest could
+    not be read. None when the name makes no date."""
     try:  # by hand: strptime costs more than reading a whole manifest, and listings do thousands
         naive = datetime(int(day[:4]), int(day[4:6]), int(day[6:]), int(clock[:2]), int(clock[2:4]),
                          int(clock[4:]))
-        return naive.astimezone(timezone.utc)  # a naive datetime is taken as local time
+        local = naive.astimezone(timezone.utc)  # a naive datetime is taken as local time
     except (ValueError, OverflowError, OSError):
         return None
+    utc = naive.replace(tzinfo=timezone.utc)
+    if mtime is None or utc == local:
+        return local
+    off_utc, off_local = abs(mtime - utc.timestamp()), abs(mtime - local.timestamp())
+    return utc if off_utc < off_local and off_utc <= NAME_CLOCK_SLACK_S else local
 
 
 # --- manifest.json -----------------------------------------------------------------------------

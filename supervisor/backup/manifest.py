@@ -23,6 +23,9 @@ LISTED = ("backup_version", "created_at", "integrity_check", "trigger", "config_
           "configuration_files", "counts", "database")
 
 
+_LISTING_CACHE_VERSION = 2  # 2: damaged manifests keep their listed keys
+
+
 class ListingCache:
     """What backup-list read from each manifest, kept in one file in the data dir (so listing
     never writes into the backup dir).
@@ -39,7 +42,8 @@ class ListingCache:
         try:
             with open(path, "rb") as fh:
                 saved = json.loads(fh.read())
-            self.old = saved["entries"] if saved["dir"] == self.dir and isinstance(saved["entries"], dict) else {}
+            fits = saved["dir"] == self.dir and saved.get("v") == _LISTING_CACHE_VERSION
+            self.old = saved["entries"] if fits and isinstance(saved["entries"], dict) else {}
         except (OSError, ValueError, KeyError, TypeError):
             self.old = {}
         self.new: dict[str, list] = {}
@@ -55,7 +59,8 @@ class ListingCache:
             self.new[name] = hit
             return hit[1], hit[2]
         raw, damaged = read(bundle)
-        listed = {k: raw[k] for k in LISTED if k in raw} if damaged is None else None
+        # A damaged manifest that is still JSON keeps its keys too: its created_at orders it.
+        listed = {k: raw[k] for k in LISTED if k in raw} if isinstance(raw, dict) else None
         self.new[name] = [stamp, listed, damaged]
         return listed, damaged
 
@@ -64,7 +69,8 @@ class ListingCache:
             return
         from ..fsutil import atomic_write_bytes
 
-        blob = json.dumps({"dir": self.dir, "entries": self.new}, separators=(",", ":")).encode()
+        blob = json.dumps({"v": _LISTING_CACHE_VERSION, "dir": self.dir, "entries": self.new},
+                          separators=(",", ":")).encode()
         try:
             atomic_write_bytes(self.path, blob, mode=0o600)
         except OSError:

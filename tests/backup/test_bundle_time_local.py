@@ -56,3 +56,45 @@ def test_restore_by_number_follows_the_same_order(project, seed_db):
     proc = project.cli("backup-show", "2", "--json", env=NEW_YORK)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["name"] == legacy
+
+
+def test_a_damaged_bundle_of_ours_keeps_its_utc_name_east_of_utc(project, seed_db):
+    """A manifest that is not JSON leaves only the name. One of ours is named in UTC, the
+    original's in local time: the entry's mtime tells which. East of UTC, reading our name as
+    local time would sort it two hours too old, behind an original bundle made since."""
+    import os
+    from datetime import timedelta
+
+    bd = project.backup_dir
+    bd.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    ours = make_bundle(bd, "sparkq_" + now.strftime("%Y%m%d_%H%M%S"), seed_db)
+    earlier = now - timedelta(minutes=30)
+    theirs = make_bundle(bd, "sparkq_" + (earlier + timedelta(hours=2)).strftime("%Y%m%d_%H%M%S"), seed_db)
+    for bundle, when in ((ours, now), (theirs, earlier)):
+        (bundle / "manifest.json").write_text('{"integrity_check": "*** in database main ***\n')
+        os.utime(bundle, (when.timestamp(), when.timestamp()))
+    proc = project.cli("backup-list", "--json", env={"TZ": "EET-2"})  # UTC+2 all year
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)["backups"]
+    assert [b["name"] for b in listed] == [ours.name, theirs.name]
+    assert datetime.fromisoformat(listed[0]["created_at"]) == now
+    assert datetime.fromisoformat(listed[1]["created_at"]) == earlier
+
+
+def test_a_manifest_damaged_but_json_still_orders_by_its_created_at(project, seed_db):
+    """Listing (from its cache, twice) and a restore ref (manifests read afresh) agree."""
+    bd = project.backup_dir
+    bd.mkdir(parents=True, exist_ok=True)
+    at10 = make_bundle(bd, "sparkq_20251203_100000", seed_db,
+                       created_at=datetime(2025, 12, 3, 10, 0, tzinfo=timezone.utc))
+    at11 = make_bundle(bd, "sparkq_20251203_110000", seed_db,
+                       created_at=datetime(2025, 12, 3, 11, 0, tzinfo=timezone.utc))
+    manifest = json.loads((at11 / "manifest.json").read_text())
+    (at11 / "manifest.json").write_text(json.dumps({**manifest, "files": 7}))  # a key of the wrong type
+    east = {"TZ": "EET-2"}
+    for _ in range(2):
+        listed = json.loads(project.cli("backup-list", "--json", env=east).stdout)["backups"]
+        assert [b["name"] for b in listed] == [at11.name, at10.name] and listed[0]["damaged"]
+    shown = project.cli("backup-show", "2", "--json", env=east)
+    assert json.loads(shown.stdout)["name"] == at10.name, shown.stdout + shown.stderr
