@@ -177,9 +177,11 @@ def refuse_unusable_db(paths) -> None:
         return
     if regular:
         fresh = "run ./sparkq.sh setup" if problem == "is missing" else "move it aside and run ./sparkq.sh setup"
+        # In a backup dir shared with other projects, number 1 may be another project's bundle.
+        ref = "1" if regular[0].number == 1 else regular[0].name
         raise UsageError(
             f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
-            f"with ./sparkq.sh backup-restore 1 --db-only, or {fresh} to start empty"
+            f"with ./sparkq.sh backup-restore {ref} --db-only, or {fresh} to start empty"
         )
 
 

@@ -88,3 +88,18 @@ def test_two_databases_in_one_folder_are_two_projects(project):
         assert proc.returncode == 0, proc.stderr
     assert theirs <= set(_ids(project.backup_dir)), "b's bundles were pruned by a's retention"
     assert len(set(_ids(project.backup_dir).values())) == 2
+
+
+def test_an_emptied_database_is_told_to_restore_its_own_newest_bundle(project, tmp_path, reaper):
+    """The refusal's advice names this project's newest bundle, not number 1 of the shared dir,
+    which is another project's."""
+    shared, other = _pair(project, tmp_path, reaper)
+    assert project.cli("backup").returncode == 0
+    [mine] = _ids(shared)
+    assert other.cli("backup").returncode == 0  # now number 1 is theirs
+    project.db.write_bytes(b"")
+    refused = project.cli("backup")
+    assert refused.returncode == 2, refused.stderr
+    assert f"backup-restore {mine} --db-only" in refused.stderr, refused.stderr
+    other.db.write_bytes(b"")
+    assert "backup-restore 1 --db-only" in other.cli("backup").stderr  # its newest is number 1
