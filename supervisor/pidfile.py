@@ -106,6 +106,8 @@ def identify(paths: Paths) -> tuple[PidInfo | None, str | None]:
     value says why (once: the next call finds no pidfile)."""
     raw = _read_raw(paths.pidfile)
     if raw is None:
+        raw = _adopt_old_pidfile(paths)
+    if raw is None:
         return None, None
     try:
         info = _parse(raw)
@@ -121,6 +123,38 @@ def identify(paths: Paths) -> tuple[PidInfo | None, str | None]:
         return None, (f"the server (PID {info.pid}) has exited but left PID {pids} running (it forked into "
                       "the background); ./sparkq.sh stop stops them")
     return None, _drop_stale(paths, raw, info.pid, why)
+
+
+def _adopt_old_pidfile(paths: Paths) -> bytes | None:
+    """Before runtime files followed the database, every pidfile was ROOT/sparkq/data/sparkq.pid.
+    A server that version started for this database (its command line says `--db` and our path)
+    is still ours after an upgrade: its pidfile moves to where this version looks, and `status`
+    and `stop` find it. A pidfile there naming any other database is left alone: it may be the
+    current pidfile of a project that uses the default database."""
+    old = paths.root / "sparkq" / "data" / "sparkq.pid"
+    if old == paths.pidfile:
+        return None
+    raw = _read_raw(old)
+    try:
+        info = _parse(raw) if raw is not None else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    if info is None or not _serves_db(info.argv, paths.db) or why_not_ours(info) is not None:
+        return None
+    write_pidfile(paths, info)
+    if _read_raw(old) == raw:
+        old.unlink(missing_ok=True)
+    log.get().info("old_pidfile_moved", old=str(old), new=str(paths.pidfile), pid=info.pid)
+    return _read_raw(paths.pidfile)
+
+
+def _serves_db(argv: list[str], db: Path) -> bool:
+    """`argv` is the bundled server's for `db` (`... --db PATH`, as server_argv writes it)."""
+    try:
+        given = argv[argv.index("--db") + 1]
+    except (ValueError, IndexError):
+        return False
+    return os.path.abspath(given) == os.path.abspath(db)
 
 
 def _left_behind(info: PidInfo) -> list:
