@@ -128,7 +128,7 @@ def supervise_detached(
     import os
 
     from . import config, log
-    from .supervise import serve_detached
+    from .detached import serve_detached
 
     settings = config.load(_state["config"])
     log.setup(settings.paths.supervisor_log, console=False)
