@@ -72,7 +72,7 @@ def supervise_detached(
     import os
 
     from . import config, log
-    from .supervise import serve_detached
+    from .detached import serve_detached
 
     settings = config.load(state["config"])
     log.setup(settings.paths.supervisor_log, console=False)

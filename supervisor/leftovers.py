@@ -52,6 +52,20 @@ def find(token: str | None, *, port: int | None = None, since: float | None = No
     return sorted(found.values(), key=lambda p: p.pid)
 
 
+def find_after_exit(token: str | None, *, port: int | None = None, since: float | None = None,
+                    looks: int = 4, gap: float = 0.1) -> list:
+    """`find`, for a server that has just exited on its own. A daemon's middle process can exit
+    between the scan's listing of /proc and its look at that process, and the grandchild appear
+    just after the listing: one empty scan does not prove a plain exit, so look a few times
+    (0.3 s more, on a path that reports a failed start anyway)."""
+    for _ in range(looks - 1):
+        left = find(token, port=port, since=since)
+        if left:
+            return left
+        time.sleep(gap)
+    return find(token, port=port, since=since)
+
+
 def _listeners(port: int) -> list:
     import psutil
 
@@ -71,9 +85,10 @@ def _listeners(port: int) -> list:
 
 def stop_all(token: str | None, *, port: int | None = None, since: float | None = None,
              timeout: float = 5.0) -> list[int]:
-    """SIGTERM what `find` reports, SIGKILL what is left after `timeout`; look again, since a
-    process caught while forking may have left a child. Returns the PIDs that were signalled."""
-    import psutil
+    """Stop what `find` reports (process.stop_procs: SIGTERM, SIGKILL after `timeout`); look
+    again, since a process caught while forking may have left a child. Returns the PIDs that
+    were signalled."""
+    from .process import stop_procs  # not at the top: process imports this module (the token)
 
     signalled: list[int] = []
     deadline = time.monotonic() + timeout + 10
@@ -83,36 +98,5 @@ def stop_all(token: str | None, *, port: int | None = None, since: float | None 
             break
         signalled += [p.pid for p in procs if p.pid not in signalled]
         log.get().info("server_leftovers_stopped", pids=[p.pid for p in procs])
-        for proc in procs:
-            try:
-                proc.terminate()
-                proc.resume()  # a suspended process acts on SIGTERM only once it runs again
-            except psutil.Error:
-                pass
-        alive = _wait_gone(procs, timeout)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.Error:
-                pass
-        _wait_gone(alive, 5.0)
+        stop_procs(procs, timeout)
     return signalled
-
-
-def _wait_gone(procs: list, timeout: float) -> list:
-    """Wait until each process is gone or a zombie (an orphan's reaper may be slow, or absent in
-    a container); return those still running."""
-    import psutil
-
-    def running(proc) -> bool:
-        try:
-            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if running(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)
-        alive = [p for p in alive if running(p)]
-    return alive

@@ -1,16 +1,14 @@
 """start / restart / stop of the SparkQ server, and `launch`, the one start path every start
 takes (these, `run`, and the supervisor's restarts in supervise.py).
 
-`start` leaves a supervisor running detached and waits for its first start's result. stop and
-restart hold the supervisor lock for their whole length, so they (and restore) never
-interleave; the supervisor holds it while it starts the server. `status` (status.py) never
-takes the lock.
+`start` leaves a supervisor running detached (detached.py) and waits for its first start's
+result. stop and restart hold the supervisor lock for their whole length, so they (and restore)
+never interleave; the supervisor holds it while it starts the server. `status` (status.py)
+never takes the lock.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -22,6 +20,8 @@ from .config import Settings
 from .errors import SparkqError, StartFailed
 from .interrupts import sigterm_unwinds
 from .locking import file_lock
+from .logs import log_tail
+from .ports import wait_port_free
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -207,8 +207,7 @@ def restart(settings: Settings, *, skip_backup: bool = False) -> StartResult:
                 "(systemd or a terminal); restart it there, e.g. systemctl restart sparkq"
             )
         stopped = _stop_locked(settings)
-        if stopped.was_running and not process.wait_port_free(settings.host, settings.port,
-                                                              settings.start_timeout):
+        if stopped.was_running and not wait_port_free(settings.host, settings.port, settings.start_timeout):
             raise StartFailed(f"port {settings.port} is still in use after the server stopped; "
                               "find the program holding it (ss -ltnp) and stop it")
     result = _start_supervised(settings, trigger="restart", skip_backup=skip_backup,
@@ -238,9 +237,9 @@ def _replace_unsupervised(settings: Settings) -> list[str]:
 
 def _start_supervised(settings: Settings, *, trigger: str, skip_backup: bool,
                       notices: list[str]) -> StartResult:
-    """Leave a supervisor running (supervise.serve_detached) and report its first start."""
+    """Leave a supervisor running (detached.serve_detached) and report its first start."""
+    from .detached import spawn_detached
     from .envfile import read_env_file
-    from .supervise import spawn_detached
 
     # Warnings belong here, where a person reads them (the supervisor logs them to its file).
     read_env_file(settings.paths.env_file)
@@ -293,7 +292,7 @@ def _wait_report(settings: Settings, child) -> dict:
         if state is not None and state.supervisor_pid == child.pid and state.report is not None:
             return state.report
         if exited:
-            tail = process.log_tail(settings.paths.supervisor_log, lines=10)
+            tail = log_tail(settings.paths.supervisor_log, lines=10)
             raise StartFailed(f"the supervisor exited with {process.describe_status(child.returncode)} before "
                               f"the server started; see {settings.paths.supervisor_log}\n" + "\n".join(tail))
         time.sleep(0.02)
@@ -301,12 +300,7 @@ def _wait_report(settings: Settings, child) -> dict:
 
 def _end_supervisor(child, settings: Settings) -> None:
     """`start` was interrupted: the supervisor it left stops its server and exits."""
-    try:
-        child.send_signal(signal.SIGTERM)
-        child.wait(settings.start_timeout + settings.stop_timeout + 10)
-    except Exception:  # noqa: BLE001 - best effort on the way out; the error in flight matters
-        child.kill()
-        child.wait()
+    process.stop_child(child, settings.start_timeout + settings.stop_timeout + 10)
 
 
 # --- stop ------------------------------------------------------------------------------------
@@ -352,12 +346,8 @@ def _release_supervisor(settings: Settings) -> int | None:
         if info is None or info.mode != "run" or not process.alive(info.supervisor_pid):
             return None
         pid = info.supervisor_pid  # a `run` from before the state file
-    os.kill(pid, RELEASE)
-    deadline = time.monotonic() + settings.stop_timeout + 10
-    while process.alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if process.alive(pid):
-        os.kill(pid, signal.SIGKILL)  # stuck: it must not restart what we stop next
+    # SIGKILL when it is stuck: it must not restart what we stop next.
+    process.signal_then_kill(pid, RELEASE, settings.stop_timeout + 10)
     log.get().info("supervisor_released", pid=pid)
     return pid
 

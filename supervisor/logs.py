@@ -1,14 +1,17 @@
 """`logs`: the last lines of the server log, or the supervisor's events as readable lines; with
-`follow`, new lines as they come (like `tail -f`, across a rotation of the file)."""
+`follow`, new lines as they come (like `tail -f`, across a rotation of the file). `log_tail` is
+also what a failed start and a fatal supervisor quote of a log."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 from .config import Settings
-from .process import log_tail
+
+LOG_TAIL_LINES = 20
 
 
 def show(settings: Settings, *, lines: int, follow: bool, supervisor: bool) -> None:
@@ -21,6 +24,22 @@ def show(settings: Settings, *, lines: int, follow: bool, supervisor: bool) -> N
             _follow(path, render)
         except KeyboardInterrupt:
             pass
+
+
+def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines written to `path` after byte `offset`."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            start = max(offset, size - 64 * 1024)
+            fh.seek(start)
+            data = fh.read()
+    except OSError:
+        return []
+    text = data.decode("utf-8", errors="replace").splitlines()
+    if start > offset and text:
+        text = text[1:]  # the first line was cut in the middle
+    return text[-lines:]
 
 
 def _follow(path: Path, render) -> None:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from . import log, process
+from . import log
 from .config import Settings
 from .errors import SparkqError, StartFailed
+from .ports import port_in_use
 
 
 def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settings:
@@ -39,7 +40,7 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
     if exposed:  # said in the result, where it is read; the log keeps a record
         notices.append(exposed)
         log.get().info("server_exposed", host=settings.host)
-    if process.port_in_use(settings.host, settings.port):
+    if port_in_use(settings.host, settings.port):
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
                           "stop that program or set server.port in sparkq.yml")
     return settings

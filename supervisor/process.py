@@ -3,6 +3,11 @@
 Which process is our server is the pidfile's job (pidfile.py); this module acts on PIDs and
 process groups. The server is always started as the leader of its own session, so its process
 group holds it and whatever it starts, and one signal reaches them all.
+
+Stopping with escalation (a signal, a wait, then SIGKILL) lives here only: `stop` for the
+server's group, `stop_procs` for what left it (leftovers.py finds those), `stop_child` for a
+child we started alone (a backup, a detached supervisor), `signal_then_kill` for a process asked
+to leave with another signal (the supervisor, by `stop`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +27,8 @@ from .errors import SparkqError, StartFailed
 from .fsutil import rotate_log
 from .config import Settings
 from .envfile import explain_e2big, read_env_file
+from .logs import log_tail
 from .pidfile import now_iso
-
-LOG_TAIL_LINES = 20
 
 
 # --- spawning and readiness ------------------------------------------------------------------
@@ -137,7 +140,7 @@ def wait_healthy(spawned: Spawned, url: str, timeout: float, *, stop_requested=l
             return None
         rc = proc.poll()
         if rc is not None:
-            left = leftovers.find(spawned.token, port=spawned.port, since=spawned.started)
+            left = leftovers.find_after_exit(spawned.token, port=spawned.port, since=spawned.started)
             if left:
                 raise StartFailed(_failure_text(spawned, _daemonized_text(rc, left)))
             raise StartFailed(_failure_text(spawned, f"the server exited with {describe_status(rc)} "
@@ -190,52 +193,6 @@ def _failure_text(spawned: Spawned, what: str) -> str:
     else:
         text += f"\n(the server wrote nothing to {spawned.log_path.name})"
     return text
-
-
-def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines written to `path` after byte `offset`."""
-    try:
-        with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(offset, size - 64 * 1024)
-            fh.seek(start)
-            data = fh.read()
-    except OSError:
-        return []
-    text = data.decode("utf-8", errors="replace").splitlines()
-    if start > offset and text:
-        text = text[1:]  # the first line was cut in the middle
-    return text[-lines:]
-
-
-# --- ports -----------------------------------------------------------------------------------
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """True when something listens on host:port (a bind test, as the server would do it)."""
-    bind_host = host or "0.0.0.0"
-    try:
-        infos = socket.getaddrinfo(bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        return False  # the server will report the bad host itself
-    for family, type_, proto, _name, addr in infos:
-        with socket.socket(family, type_, proto) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(addr)
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    return True
-    return False
-
-
-def wait_port_free(host: str, port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while port_in_use(host, port):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --- processes and groups --------------------------------------------------------------------------
@@ -356,6 +313,66 @@ def kill_group(pgid: int, reap=None) -> None:
         left = ", ".join(str(p.pid) for p in group_members(pgid))
         raise SparkqError(f"processes {left} of the server survived SIGKILL; check them with ps and "
                           "kill them by hand")
+
+
+def stop_procs(procs: list, timeout: float) -> None:
+    """Stop processes outside any group we signal (psutil.Process objects, e.g. what a server left
+    behind, leftovers.py): SIGTERM each, SIGKILL what is left after `timeout`."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+            proc.resume()  # a suspended process acts on SIGTERM only once it runs again
+        except psutil.Error:
+            pass
+    alive = _wait_gone(procs, timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    _wait_gone(alive, 5.0)
+
+
+def _wait_gone(procs: list, timeout: float) -> list:
+    """Wait until each process is gone or a zombie (an orphan's reaper may be slow, or absent in
+    a container); return those still running."""
+    import psutil
+
+    def running(proc) -> bool:
+        try:
+            return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)
+        alive = [p for p in alive if running(p)]
+    return alive
+
+
+def stop_child(child: subprocess.Popen, timeout: float) -> None:
+    """Stop a child we started, that process alone: SIGTERM, SIGKILL after `timeout`; reaped."""
+    child.terminate()
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def signal_then_kill(pid: int, sig: int, timeout: float) -> None:
+    """Send `sig` to one process and wait until it is gone (a zombie is: its parent reaps it);
+    SIGKILL it if it is still there after `timeout`."""
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def is_suspended(pid: int) -> bool:

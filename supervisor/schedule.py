@@ -211,15 +211,10 @@ class BackupSchedule:
     def stop(self) -> None:
         """End a running backup (it removes its own temp bundle) and reap it; stop scheduling."""
         if self.child is not None:
-            import subprocess
-
-            self.child.terminate()
-            try:
-                self.child.wait(_STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                self.child.kill()
-                self.child.wait()
             from . import log
+            from .process import stop_child
+
+            stop_child(self.child, _STOP_WAIT)
 
             log.get().info("scheduled_backup_stopped", pid=self.child.pid)
             self._release()

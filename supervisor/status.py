@@ -13,6 +13,7 @@ from . import log, pidfile, process
 from .config import Settings
 from .fmt import human_size
 from .paths import Paths
+from .ports import port_in_use
 
 
 @dataclass
@@ -118,7 +119,7 @@ def status(settings: Settings) -> StatusResult:
     exposed = settings.exposure(info.host if info is not None else None)
     if exposed:
         result.warnings.append(exposed)
-    if info is None and process.port_in_use(settings.host, settings.port):
+    if info is None and port_in_use(settings.host, settings.port):
         # Not ours (or no longer recorded): say so rather than a bare "stopped" while it serves.
         result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
                                "`start` will refuse until it is stopped (find it with: ss -ltnp)")

@@ -1,5 +1,5 @@
 """The resident supervisor: keeps the server up. `run` runs this loop in the foreground; `start`
-leaves it running detached (its own session, its output in the supervisor log).
+leaves it running detached (its own session, its output in the supervisor log; detached.py).
 
 The loop watches its child, the server: an exit it did not ask for restarts the server through
 the one start path (a backup first, none when nothing changed, no pruning unless the server
@@ -8,14 +8,13 @@ the server stayed up STABLE_S seconds. server.start_retries failures within serv
 make the state fatal: the supervisor records why and exits. Health checks every
 server.health_interval seconds replace a server that stops answering (hung or SIGSTOPped).
 
-What the loop is doing is kept in a small state file (runstate.py).
+What the loop is doing is kept in a small state file (runstate.py). What it must do however
+long a wait lasts (stop signals, systemd's watchdog, orphans as PID 1) is in signals.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -25,93 +24,12 @@ from . import log, pidfile, process
 from .config import Settings
 from .errors import FAILURE, OK, SparkqError, exit_status
 from .locking import file_lock
-from .runstate import RELEASE, State, exit_record, own_state, write_reply, write_state
+from .logs import log_tail
+from .runstate import State, exit_record, own_state, write_state
+from .signals import StopSignals, Watchdog, reap_orphans
 
 STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
 OFFSITE_CHECK_S = 60.0  # how often the loop looks for failed off-site pushes to retry
-
-
-# --- signals and the watchdog -----------------------------------------------------------------
-
-
-class StopSignals:
-    """Remember that SIGTERM/SIGINT/SIGHUP asked us to stop, or RELEASE asked us to leave; the
-    loop acts on it. The handler only records: stopping the server happens in one place."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, RELEASE)
-
-    def __init__(self, notifier):
-        self.notifier = notifier
-        self.signum: int | None = None
-        self.previous: dict = {}
-
-    @property
-    def stopping(self) -> bool:
-        return self.signum is not None
-
-    @property
-    def released(self) -> bool:
-        return self.signum == RELEASE
-
-    @property
-    def forward(self) -> int:
-        """What the server gets: SIGINT stays SIGINT (Ctrl-C); a hang-up asks for a clean stop."""
-        return signal.SIGINT if self.signum == signal.SIGINT else signal.SIGTERM
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self.previous[sig] = signal.signal(sig, self._handle)
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous.clear()
-
-    def _handle(self, signum, _frame) -> None:
-        if self.signum is None:
-            self.signum = signum
-            self.notifier.send("STOPPING=1")
-            log.get().info("stop_requested", signal=signal.Signals(signum).name)
-
-
-class Watchdog:
-    """systemd's watchdog: WATCHDOG=1 every half of WATCHDOG_USEC, from the loop itself, so a
-    stuck loop stops pinging and systemd restarts us."""
-
-    def __init__(self, notifier):
-        self.notifier = notifier
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        owner = os.environ.get("WATCHDOG_PID", "")
-        ours = not owner or (owner.isdigit() and int(owner) == os.getpid())
-        self.every = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 and ours else None
-        self.next = 0.0
-
-    def ping_if_due(self) -> None:
-        if self.every is None or time.monotonic() < self.next:
-            return
-        self.notifier.send("WATCHDOG=1")
-        self.next = time.monotonic() + self.every
-
-
-def reap_orphans(server_pid: int | None) -> None:
-    """As PID 1 of a container, orphans are re-parented to us: collect the ones that exited so
-    none stays a zombie. The server is left to its Popen, which reads its status."""
-    if os.getpid() != 1:
-        return
-    import psutil
-
-    try:
-        children = psutil.Process().children()
-    except psutil.Error:
-        return
-    for child in children:
-        if child.pid == server_pid:
-            continue
-        try:
-            if child.status() == psutil.STATUS_ZOMBIE:
-                os.waitpid(child.pid, os.WNOHANG)
-        except (psutil.Error, ChildProcessError):
-            continue
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -291,7 +209,7 @@ class Supervisor:
             self.failures.popleft()
         if len(self.failures) < self.settings.start_retries:
             return False
-        tail = process.log_tail(self.settings.paths.server_log, lines=10)
+        tail = log_tail(self.settings.paths.server_log, lines=10)
         reason = (f"{len(self.failures)} failures within {self.settings.retry_window:g}s "
                   f"(server.start_retries); last exit {self.state.last_exit}")
         log.get().error("supervisor_fatal", reason=reason, server_log_tail=tail)
@@ -350,7 +268,7 @@ def _clean_up(settings: Settings, spawned: process.Spawned) -> None:
         pidfile.remove_pidfile(settings.paths, proc.pid)
 
 
-# --- the two ways in ------------------------------------------------------------------------
+# --- run: the loop in the foreground --------------------------------------------------------
 
 
 def run(settings: Settings, *, skip_backup: bool = False) -> int:
@@ -402,58 +320,3 @@ def run(settings: Settings, *, skip_backup: bool = False) -> int:
         signals.restore()
         if not signals.stopping:
             notifier.send("STOPPING=1")
-
-
-def serve_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> int:
-    """The supervisor `start` leaves running: the first start's result goes to the state file
-    (the waiting `start` prints it), then the loop."""
-    from .lifecycle import running
-    from .systemd import Notifier
-
-    notifier = Notifier(None)  # only `run` speaks to systemd
-    signals = StopSignals(notifier)
-    signals.install()
-    sup = Supervisor(settings, "start", notifier, signals)
-    said: list[str] = []  # the backup line: on failure, `start` says the backup was taken
-    in_charge = False  # until then the state file is another supervisor's (or nobody's)
-    try:
-        with file_lock(settings.paths.lockfile):
-            notices: list[str] = []
-            info = running(settings, notices)
-            if info is not None:
-                write_reply(settings.paths, os.getpid(), {"pid": info.pid, "url": info.url,
-                                                          "already_running": True, "notices": notices})
-                return OK
-            sup.save()
-            in_charge = True
-            launched = sup.first_start(trigger, skip_backup, notices=notices,
-                                       on_prepared=lambda _notices, line: said.append(line or ""))
-    except SparkqError as exc:
-        report = {"error": str(exc), "exit_code": exc.exit_code, "notices": [line for line in said if line]}
-        if in_charge:
-            sup.save(state="stopped", report=report)
-        else:
-            write_reply(settings.paths, os.getpid(), report)
-        return exc.exit_code
-    if launched.info is None:
-        sup.save(state="stopped", report={"error": "stopped while starting", "exit_code": FAILURE})
-    else:
-        backup = launched.backup
-        sup.save(report={"pid": launched.info.pid, "url": launched.info.url, "notices": launched.notices,
-                         "backup": backup and backup.to_dict(), "backup_text": launched.backup_text})
-    return sup.supervise(launched)
-
-
-def spawn_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> subprocess.Popen:
-    """Start `sparkq _supervise` in a session of its own, its output in the supervisor log."""
-    paths = settings.paths
-    argv = [sys.executable, "-P", "-m", "supervisor", "_supervise", "--trigger", trigger]
-    if skip_backup:
-        argv.append("--skip-backup")
-    env = dict(os.environ, SPARKQ_ROOT=str(paths.root))
-    if paths.config_file.resolve() != (paths.root / "sparkq.yml").resolve():
-        env["SPARKQ_CONFIG"] = str(paths.config_file)
-    paths.log_dir.mkdir(parents=True, exist_ok=True)
-    with open(paths.supervisor_log, "ab") as out:
-        return subprocess.Popen(argv, cwd=paths.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)

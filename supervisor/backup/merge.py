@@ -25,9 +25,12 @@ keys are checked for each row in its savepoint, and once more at the commit.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..errors import Interrupted, SparkqError
+from .dbfiles import fold_copy
 from .layout import readonly_uri
 
 RULE = (
@@ -52,6 +55,42 @@ class TableMerge:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def merge_backup(entry, live_db: Path, tables: list[str], *, kept_in: str) -> dict[str, TableMerge]:
+    """Merge `tables` of backup `entry` (a 2.1 bundle's DB + WAL folded into a temp copy first)
+    into `live_db`; on failure the live DB is unchanged, and its state before is in `kept_in`."""
+    wal = None if entry.format == "legacy" else entry.wal_file
+    with tempfile.TemporaryDirectory(prefix="sparkq-merge-") as tmp:
+        source = entry.db_file
+        if wal is not None and wal.stat().st_size > 0:
+            source = fold_copy(source, wal, Path(tmp))
+        try:
+            merged = merge_tables(live_db, source, tables)
+        except sqlite3.Error as exc:
+            raise SparkqError(f"merging tables from {entry.name} failed ({exc}); the database is unchanged "
+                              f"(its previous state is also in {kept_in})") from None
+        except KeyboardInterrupt:
+            raise Interrupted(f"merge interrupted; the database is unchanged (its state before is also in "
+                              f"{kept_in})") from None
+    return merged
+
+
+def merged_lines(backup: str, merged: dict[str, dict]) -> list[str]:
+    """The text report of a merge (TableMerge.to_dict per table), SHOWN_SKIPS skipped rows each."""
+    lines = [f"Merged from {backup} into the current database:"]
+    for table, info in merged.items():
+        if info.get("note"):
+            lines.append(f"  {table}: {info['note']}")
+            continue
+        lines.append(f"  {table}: {info['rows']} rows in the backup: {info['written']} written "
+                     f"({info['added']} of them new), {info['skipped']} skipped")
+        for skip in info["skipped_rows"][:SHOWN_SKIPS]:
+            key = ", ".join(f"{k}={v}" for k, v in skip["key"].items())
+            lines.append(f"    skipped {key}: {skip['reason']}; the live row is kept")
+        if info["skipped"] > SHOWN_SKIPS:
+            lines.append(f"    ... and {info['skipped'] - SHOWN_SKIPS} more (see --json)")
+    return lines
 
 
 def merge_tables(live_db: Path, source_db: Path, tables: list[str]) -> dict[str, TableMerge]:

@@ -6,7 +6,7 @@ against it -> verify what the scope restores -> show the plan and ask -> take th
 and check that nothing changed since the plan was shown -> save the current state as a
 `sparkq_preRestore_*` bundle (the database's temp copy is written meanwhile, staging.py) ->
 place each file by temp copy + fsync + rename (database first, then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
-failure or Ctrl-C while placing puts back what was already placed. `--tables` instead merges
+failure or Ctrl-C while placing puts back what was already placed (staging.py). `--tables` instead merges
 rows of the backup's configuration tables into the live database (merge.py).
 
 The lock is taken only after the answer: a prompt left open must not block stop, start or backup.
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -29,16 +27,15 @@ from typing import Callable
 
 from .. import log
 from ..errors import InUse, Interrupted, SparkqError, UsageError
-from ..fsutil import atomic_copy, fsync_dir, private_mkdir, remove_stale_temps, temp_name, temp_of
+from ..fsutil import temp_of
 from ..interrupts import sigterm_unwinds
-from . import history
+from . import history, staging
 from .catalog import resolve
-from .dbfiles import checkpoint, db_holder, fold_copy
+from .dbfiles import checkpoint, db_holder
 from .history import unshare_pre_restore
-from .layout import DB_NAME, ENV_NAME, JOURNAL, PRE_RESTORE_PREFIX, SHM, TEMPLATES_MEMBER, WAL, YML_NAME, sidecar
-from .staging import StagedCopy
-from .restore_plan import (  # noqa: F401 - MERGE_TABLES is part of this module's surface
-    MERGE_TABLES, SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real,
+from .layout import DB_NAME, PRE_RESTORE_PREFIX
+from .restore_plan import (
+    SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real,
 )
 
 _SCOPE_FLAG = {
@@ -68,22 +65,11 @@ class RestoreResult:
         return asdict(self)
 
     def text(self) -> str:
-        from .merge import SHOWN_SKIPS
+        from .merge import merged_lines
 
         lines = []
         if self.merged:
-            lines.append(f"Merged from {self.backup} into the current database:")
-            for table, info in self.merged.items():
-                if info.get("note"):
-                    lines.append(f"  {table}: {info['note']}")
-                    continue
-                lines.append(f"  {table}: {info['rows']} rows in the backup: {info['written']} written "
-                             f"({info['added']} of them new), {info['skipped']} skipped")
-                for skip in info["skipped_rows"][:SHOWN_SKIPS]:
-                    key = ", ".join(f"{k}={v}" for k, v in skip["key"].items())
-                    lines.append(f"    skipped {key}: {skip['reason']}; the live row is kept")
-                if info["skipped"] > SHOWN_SKIPS:
-                    lines.append(f"    ... and {info['skipped'] - SHOWN_SKIPS} more (see --json)")
+            lines.extend(merged_lines(self.backup, self.merged))
         else:
             lines.append(f"Restored from {self.backup}:")
             for item in self.restored:
@@ -147,45 +133,6 @@ def restore_backup(
         log.get().info("restore_interrupted", backup=entry.name)
         raise Interrupted("restore interrupted; nothing was changed (a half-written pre-restore "
                           "bundle is removed); run it again when ready") from None
-
-
-def _paths_after(paths, steps):
-    """The paths the restored config uses: its database may live elsewhere (a full restore
-    places it where the restored sparkq.yml looks), and files kept beside it follow it."""
-    import dataclasses
-
-    db = next((s.link or s.target for s in steps if s.kind == "db"), None)
-    return dataclasses.replace(paths, db=db) if db is not None else paths
-
-
-class _Phases:
-    """Wall seconds per restore phase. `lock` holds everything done under the supervisor lock;
-    `pre_restore` and `place` are parts of it; `copy` and `fsync` (of the restored DB) run beside
-    `pre_restore` (staging.py). The benchmark reads them from `sparkq -v`."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
-
-
-def _remove_own_temps(backup_dir: Path) -> None:
-    """Remove the half-written bundle an interrupt left (the signal can land between creating
-    its temp dir and the code that would clean it up); only this process's, by its PID suffix."""
-    try:
-        names = os.listdir(backup_dir)
-    except OSError:
-        return
-    for name in names:
-        temp = temp_of(name)
-        if temp and temp[1] == os.getpid() and temp[0].startswith(PRE_RESTORE_PREFIX + "_"):
-            shutil.rmtree(backup_dir / name, ignore_errors=True)
 
 
 def _unshare_first(settings) -> None:
@@ -287,7 +234,7 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
     paths = settings.paths
     steps = plan.steps
     live_db = real(paths.db)
-    staged = _stage_db(steps)  # copies while the pre-restore bundle is written; placed after it
+    staged = staging.stage_db(steps)  # copies while the pre-restore bundle is written; placed after it
     try:
         with phases("pre_restore"):
             pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
@@ -305,12 +252,12 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
             for step in steps:
                 where = step.target
                 with phases("place"):
-                    _place(step, staged)
+                    staging.place(step, staged)
                 placed.append(step)
     except BaseException as exc:  # Ctrl-C (and SIGTERM, see the CLI) roll back too
         if staged is not None:
             staged.discard()
-        _roll_back(placed, pre_path, live_db)
+        staging.roll_back(placed, pre_path, live_db)
         unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
         if not isinstance(exc, Exception):
             log.get().info("restore_interrupted", backup=entry.name, target=str(where))
@@ -337,92 +284,18 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> Rest
                          pre_restore_db=how, notes=plan.notes + notes)
 
 
-def _stage_db(steps: list[Step]) -> StagedCopy | None:
-    """Start copying the restored DB beside its target (a 2.1 bundle's DB + WAL is folded later)."""
-    for step in steps:
-        if step.kind == "db" and (step.wal is None or step.wal.stat().st_size == 0):
-            return StagedCopy(step.source, step.target, step.mode).start()
-    return None
-
-
-def _place(step: Step, staged: StagedCopy | None = None) -> None:
-    target = step.target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if step.kind == "db":
-        # The new file must never meet the old DB's WAL: after the checkpoint it is empty, so
-        # removing it before the rename loses nothing, and a crash in between leaves the old DB whole.
-        for suffix in (WAL, SHM, JOURNAL):
-            sidecar(target, suffix).unlink(missing_ok=True)
-        if staged is not None and staged.target == target:
-            staged.place()
-        elif step.wal is not None and step.wal.stat().st_size > 0:
-            _place_folded(step.source, step.wal, target, step.mode)
-        else:
-            atomic_copy(step.source, target, mode=step.mode)
-    else:
-        atomic_copy(step.source, target, mode=step.mode)
-
-
-def _place_folded(db: Path, wal: Path, target: Path, mode: int) -> None:
-    """A 2.1 bundle's DB + WAL: fold them together in a temp dir beside `target`, then rename."""
-    remove_stale_temps(target)  # a killed earlier restore's work dir
-    work = temp_name(target)
-    shutil.rmtree(work, ignore_errors=True)
-    private_mkdir(work)
-    try:
-        folded = fold_copy(db, wal, work)
-        os.chmod(folded, mode)
-        os.replace(folded, target)
-        fsync_dir(target.parent)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-
-
-def _roll_back(placed: list[Step], pre_path: Path, live_db: Path) -> None:
-    """Put back every target already replaced, from the pre-restore bundle (or remove it)."""
-    for step in reversed(placed):
-        name = {"db": DB_NAME, "yml": YML_NAME, "env": ENV_NAME}.get(
-            step.kind, f"{TEMPLATES_MEMBER}/{step.target.name}")
-        saved = pre_path / name
-        # A database placed where the restored config looks (not the live one) had no file before.
-        moved = step.kind == "db" and step.target != live_db
-        try:
-            if step.kind == "db":
-                for suffix in (WAL, SHM):
-                    sidecar(step.target, suffix).unlink(missing_ok=True)
-            if saved.is_file() and not saved.is_symlink() and not moved:
-                atomic_copy(saved, step.target, mode=step.mode)
-            else:
-                step.target.unlink(missing_ok=True)
-                fsync_dir(step.target.parent)
-        except OSError as exc:
-            log.get().error("restore_rollback_failed", target=str(step.target), error=str(exc))
-
-
 # --- step 7: --tables merge -------------------------------------------------------------------
 
 
 def _merge(settings, entry, tables: list[str], plan: Plan) -> RestoreResult:
-    from .merge import merge_tables
+    from .merge import merge_backup
 
     live = real(settings.paths.db)
     if not live.exists():
         raise UsageError(f"there is no current database at {live} to merge into; "
                          "restore the whole database instead (--db-only)")
     pre_path, how, notes = _pre_restore(settings, link=False)
-    wal = None if entry.format == "legacy" else entry.wal_file
-    with tempfile.TemporaryDirectory(prefix="sparkq-merge-") as tmp:
-        source = entry.db_file
-        if wal is not None and wal.stat().st_size > 0:
-            source = fold_copy(source, wal, Path(tmp))
-        try:
-            merged = merge_tables(live, source, tables)
-        except sqlite3.Error as exc:
-            raise SparkqError(f"merging tables from {entry.name} failed ({exc}); the database is unchanged "
-                              f"(its previous state is also in {pre_path.name})") from None
-        except KeyboardInterrupt:
-            raise Interrupted(f"merge interrupted; the database is unchanged (its state before is also in "
-                              f"{pre_path.name})") from None
+    merged = merge_backup(entry, live, tables, kept_in=pre_path.name)
     undo = f"./sparkq.sh backup-restore {pre_path.name} --db-only --yes"
     log.get().info("restore_done", backup=entry.name, scope="tables", tables=tables, pre_restore=pre_path.name,
                    skipped={t: m.skipped for t, m in merged.items()})
@@ -433,3 +306,42 @@ def _merge(settings, entry, tables: list[str], plan: Plan) -> RestoreResult:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+def _paths_after(paths, steps):
+    """The paths the restored config uses: its database may live elsewhere (a full restore
+    places it where the restored sparkq.yml looks), and files kept beside it follow it."""
+    import dataclasses
+
+    db = next((s.link or s.target for s in steps if s.kind == "db"), None)
+    return dataclasses.replace(paths, db=db) if db is not None else paths
+
+
+class _Phases:
+    """Wall seconds per restore phase. `lock` holds everything done under the supervisor lock;
+    `pre_restore` and `place` are parts of it; `copy` and `fsync` (of the restored DB) run beside
+    `pre_restore` (staging.py). The benchmark reads them from `sparkq -v`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+def _remove_own_temps(backup_dir: Path) -> None:
+    """Remove the half-written bundle an interrupt left (the signal can land between creating
+    its temp dir and the code that would clean it up); only this process's, by its PID suffix."""
+    try:
+        names = os.listdir(backup_dir)
+    except OSError:
+        return
+    for name in names:
+        temp = temp_of(name)
+        if temp and temp[1] == os.getpid() and temp[0].startswith(PRE_RESTORE_PREFIX + "_"):
+            shutil.rmtree(backup_dir / name, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import config
-from supervisor.backup import create, restore
+from supervisor.backup import create, restore, restore_plan
 from supervisor.initialize import run_setup
 
 
@@ -98,7 +98,7 @@ def clashes(project):
     conn = sqlite3.connect(project.db, isolation_level=None)
     conn.execute("PRAGMA foreign_keys=ON")
     cases = []
-    for table in restore.MERGE_TABLES:
+    for table in restore_plan.MERGE_TABLES:
         pk = _pk(conn, table)
         for cols in _unique_keys(conn, table):
             if not pk or set(cols) & set(pk) or _numbered(conn, table, pk):

@@ -20,7 +20,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from supervisor import config
-from supervisor.backup import catalog, create, restore
+from supervisor.backup import catalog, create, restore, staging
 from supervisor.errors import InUse, SparkqError, UsageError, VerificationFailed
 
 CUSTOM = ("prm_custom0000000001", "my-custom", "Mine", "custom template text")
@@ -252,14 +252,14 @@ def test_placement_failure_rolls_back_what_was_placed(seeded, monkeypatch):
     _exec(project.db, ("DELETE FROM prompts WHERE command = ?", CUSTOM[1]))
     project.config.write_text(project.config.read_text() + "# current\n")
     before, yml = _rows(project.db, "prompts"), project.config.read_bytes()
-    real_copy = restore.atomic_copy
+    real_copy = staging.atomic_copy
 
     def failing_copy(src, target, mode=0o600):
         if target.name == ".env" and "sparkq_preRestore" not in str(src):
             raise OSError(28, "No space left on device", str(target))
         real_copy(src, target, mode=mode)
 
-    monkeypatch.setattr(restore, "atomic_copy", failing_copy)
+    monkeypatch.setattr(staging, "atomic_copy", failing_copy)
     with pytest.raises(SparkqError, match="back as it was") as err:
         _restore()
     assert "No space left" in str(err.value)

@@ -191,12 +191,12 @@ def test_kill_9_restore(project, template, duration, killing, kill_at, phases, r
 _CRASH_AFTER_PRE_RESTORE = textwrap.dedent("""
     import os, signal
     from supervisor import config
-    from supervisor.backup import restore
+    from supervisor.backup import restore, staging
 
     def crash(step, *_):
         os.kill(os.getpid(), signal.SIGKILL)  # the pre-restore bundle is published; nothing placed
 
-    restore._place = crash
+    staging.place = crash
     restore.restore_backup(config.load(lenient=True), "1", scope="full", confirm=lambda plan: True)
 """)
 

@@ -14,7 +14,7 @@ import types
 import pytest
 from structlog.testing import capture_logs
 
-from supervisor import config, lifecycle, process
+from supervisor import config, lifecycle, ports
 from supervisor.errors import BackupFailed
 from supervisor.locking import file_lock
 
@@ -49,7 +49,7 @@ def hook(monkeypatch, project, fake):
         state.calls.append({
             "trigger": trigger, "locked": locked,
             "pidfile": paths.pidfile.exists(),
-            "port_busy": process.port_in_use(settings.host, settings.port),
+            "port_busy": ports.port_in_use(settings.host, settings.port),
             "servers": [p.pid for p in fake.running()],
         })
         if state.fail:

@@ -1,4 +1,4 @@
-"""supervisor.pidfile identity, supervisor.process (ports, log tails), .env parsing, exit statuses."""
+"""supervisor.pidfile identity, supervisor.process, ports and log tails, .env parsing, exit statuses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import psutil
 from structlog.testing import capture_logs
 
-from supervisor import config, pidfile, process
+from supervisor import config, logs, pidfile, ports, process
 from supervisor.envfile import read_env_file
 from supervisor.errors import exit_status
 
@@ -127,14 +127,14 @@ def test_bundled_server_argv(project):
 
 
 def test_port_in_use(project):
-    assert not process.port_in_use("127.0.0.1", project.port)
+    assert not ports.port_in_use("127.0.0.1", project.port)
     with socket.socket() as s:
         s.bind(("127.0.0.1", project.port))
         s.listen()
-        assert process.port_in_use("127.0.0.1", project.port)
-        assert process.port_in_use("0.0.0.0", project.port)
-        assert not process.wait_port_free("127.0.0.1", project.port, 0.2)
-    assert process.wait_port_free("127.0.0.1", project.port, 1)
+        assert ports.port_in_use("127.0.0.1", project.port)
+        assert ports.port_in_use("0.0.0.0", project.port)
+        assert not ports.wait_port_free("127.0.0.1", project.port, 0.2)
+    assert ports.wait_port_free("127.0.0.1", project.port, 1)
 
 
 def test_log_tail_starts_at_offset(tmp_path):
@@ -143,10 +143,10 @@ def test_log_tail_starts_at_offset(tmp_path):
     offset = log.stat().st_size
     with log.open("a") as fh:
         fh.writelines(f"line {i}\n" for i in range(30))
-    tail = process.log_tail(log, offset)
+    tail = logs.log_tail(log, offset)
     assert tail == [f"line {i}" for i in range(10, 30)]
-    assert process.log_tail(log, log.stat().st_size) == []
-    assert process.log_tail(tmp_path / "missing") == []
+    assert logs.log_tail(log, log.stat().st_size) == []
+    assert logs.log_tail(tmp_path / "missing") == []
 
 
 def test_exit_status_mapping():
