@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..fmt import human_size
-from .catalog import PRE_RESTORE, Entry, resolve, scan
+from .catalog import resolve, scan
+from .entry import PRE_RESTORE, Entry
 
 
 @dataclass

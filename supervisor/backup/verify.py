@@ -14,7 +14,8 @@ from pathlib import Path
 
 from ..errors import OK, VerificationFailed
 from ..fsutil import sha256_file
-from .catalog import Entry, resolve, scan
+from .catalog import resolve, scan
+from .entry import Entry
 from .dbfiles import open_backup_db
 from .exports import export_problems
 from .layout import DB_NAME, ORIGINAL_VERSION

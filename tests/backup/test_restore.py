@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from supervisor import config
 from supervisor.backup import catalog, create, restore, staging
+from supervisor.backup.entry import Entry
 from supervisor.errors import InUse, SparkqError, UsageError, VerificationFailed
 
 CUSTOM = ("prm_custom0000000001", "my-custom", "Mine", "custom template text")
@@ -77,13 +78,13 @@ def _add_custom_prompt(db: Path) -> None:
     _exec(db, ("INSERT INTO prompts (id, command, label, template_text) VALUES (?, ?, ?, ?)", *CUSTOM))
 
 
-def _backup() -> catalog.Entry:
+def _backup() -> Entry:
     create.create_backup(_settings(), trigger="manual")
     regular, _ = catalog.scan(_settings().paths.backup_dir)
     return regular[0]
 
 
-def _pre_restores() -> list[catalog.Entry]:
+def _pre_restores() -> list[Entry]:
     return catalog.scan(_settings().paths.backup_dir)[1]
 
 
