@@ -14,10 +14,28 @@ from typing import Optional
 
 import typer
 
+from typer.core import TyperGroup
+
 from . import __version__
+from .errors import Interrupted
+
+
+class _Commands(TyperGroup):
+    """Ctrl-C in a command ends as our other errors do: `sparkq: interrupted`, exit 130. Left to
+    click, it ends silently with 130 (typer >= 0.2x) or as "Aborted!" with exit 1 (older), so it
+    is turned into our error here, below click's handler; code that must undo work on Ctrl-C (a
+    restore, a merge) catches KeyboardInterrupt deeper down and says more."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted") from None
+
 
 app = typer.Typer(
     name="sparkq",
+    cls=_Commands,
     help="Supervise the SparkQ server and back up / restore its data.",
     add_completion=False,
     no_args_is_help=True,

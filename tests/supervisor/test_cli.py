@@ -74,3 +74,26 @@ def test_no_env_values_in_help(project):
     proc = project.cli("--help")
     assert proc.returncode == 0
     assert "backup-restore" in proc.stdout
+
+
+def test_ctrl_c_outside_a_restore_is_one_line_and_exit_130(project):
+    """Ctrl-C in any command ends as ours do: `sparkq: interrupted`, exit 130 (128 + SIGINT), not
+    click's "Aborted!" with exit 1; an interrupted backup leaves no half-written bundle."""
+    import signal
+
+    from helpers import SPARKQ_BIN, grow_db, wait_until
+
+    assert project.cli("setup").returncode == 0
+    grow_db(project.db, 48)
+    proc = project.popen(str(SPARKQ_BIN), "backup", stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: any(p.name.startswith(".tmp-") for p in project.backup_dir.iterdir())
+               if project.backup_dir.is_dir() else False, timeout=60, interval=0.002, what="the backup to begin")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines == ["sparkq: interrupted"], err
+    assert not [p for p in project.backup_dir.iterdir() if p.name.startswith((".tmp-", "sparkq_"))]
+    bad = project.cli("backup-list", "--no-such-option")  # click's own usage errors keep exit 2
+    assert bad.returncode == 2 and "No such option" in bad.stderr
