@@ -68,6 +68,14 @@ FAKE_SERVER = textwrap.dedent('''
         def log_message(self, *args):
             pass
 
+    if mode == "orphan":  # a grandchild that exits at once, its parent gone: re-parented to PID 1
+        if os.fork() == 0:
+            if os.fork() == 0:
+                os._exit(0)
+            os._exit(0)
+    if mode.startswith("crash-after="):  # serves, then dies (exit 9) this many seconds after start
+        import threading
+        threading.Timer(float(mode.split("=")[1]), lambda: os._exit(9)).start()
     server = HTTPServer(("127.0.0.1", port), Handler)
     if mode == "fork-after-answer":  # healthy first, then into the background
         while not getattr(Handler, "answered", False):

@@ -14,19 +14,6 @@ import pytest
 from helpers import SPARKQ_BIN, assert_no_server, listening, wait_until
 
 
-@pytest.fixture
-def crashy(fake):
-    """The fake server of conftest, plus a mode that crashes a while after it starts serving."""
-    fake.script.write_text(fake.script.read_text().replace(
-        "\nHTTPServer((",
-        "\nif mode.startswith('crash-after='):\n"
-        "    import threading\n"
-        "    threading.Timer(float(mode.split('=')[1]), lambda: os._exit(9)).start()\n"
-        "HTTPServer((",
-    ))
-    return fake
-
-
 def _configure(fake, mode: str = "ok", **server) -> None:
     fake.configure(mode, stop_timeout=2)
     extra = "".join(f"  {key}: {json.dumps(value)}\n" for key, value in server.items())
@@ -71,8 +58,8 @@ def _stop_and_check(project, supervisor_pid: int) -> None:
     assert _status(project)["state"] == "stopped"
 
 
-def test_start_leaves_a_supervisor_and_stop_ends_both(project, crashy):
-    _configure(crashy)
+def test_start_leaves_a_supervisor_and_stop_ends_both(project, fake):
+    _configure(fake)
     status = _started(project)
     assert status["health"]["ok"] and status["restarts"] == 0 and status["exit"] == 0
     text = project.cli("status").stdout
@@ -80,8 +67,8 @@ def test_start_leaves_a_supervisor_and_stop_ends_both(project, crashy):
     _stop_and_check(project, status["supervisor_pid"])
 
 
-def test_kill_9_of_the_server_brings_a_new_healthy_one_with_the_data(project, crashy):
-    _configure(crashy, health_interval=0)
+def test_kill_9_of_the_server_brings_a_new_healthy_one_with_the_data(project, fake):
+    _configure(fake, health_interval=0)
     first = _started(project)
     os.kill(first["pid"], signal.SIGKILL)
     again = wait_until(lambda: (s := _status(project))["restarts"] == 1 and s["state"] == "running"
@@ -93,8 +80,8 @@ def test_kill_9_of_the_server_brings_a_new_healthy_one_with_the_data(project, cr
     _stop_and_check(project, first["supervisor_pid"])
 
 
-def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, crashy):
-    _configure(crashy, "crash-after=1.5", start_retries=3, health_interval=0, backoff_max=60)
+def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, fake):
+    _configure(fake, "crash-after=1.5", start_retries=3, health_interval=0, backoff_max=60)
     result = project.cli("start")  # with the pre-start backup: one bundle
     assert result.returncode == 0, result.stderr
     project.reaper.adopt_pidfile(project.pidfile)
@@ -110,23 +97,23 @@ def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, c
     after = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
     assert after == bundles  # restarts of an unchanged state wrote no new bundle
     assert project.cli("status").stdout.startswith("fatal")
-    wait_until(lambda: not crashy.running(), timeout=10, what="no server left")
+    wait_until(lambda: not fake.running(), timeout=10, what="no server left")
 
 
-def test_a_sigstopped_server_is_replaced(project, crashy):
-    _configure(crashy, health_interval=0.3, health_failures=2)
+def test_a_sigstopped_server_is_replaced(project, fake):
+    _configure(fake, health_interval=0.3, health_failures=2)
     first = _started(project)
     os.kill(first["pid"], signal.SIGSTOP)
     again = wait_until(lambda: (s := _status(project))["restarts"] == 1 and s["health"]["ok"] and s,
                        timeout=40, what="a replacement")
-    assert again["pid"] != first["pid"] and crashy.gone(first["pid"])
+    assert again["pid"] != first["pid"] and fake.gone(first["pid"])
     assert _events(project, "server_hung")
     project.reaper.adopt_pidfile(project.pidfile)
     _stop_and_check(project, first["supervisor_pid"])
 
 
-def test_a_killed_supervisor_leaves_unsupervised_and_stop_cleans_up(project, crashy):
-    _configure(crashy)
+def test_a_killed_supervisor_leaves_unsupervised_and_stop_cleans_up(project, fake):
+    _configure(fake)
     first = _started(project)
     os.kill(first["supervisor_pid"], signal.SIGKILL)
     status = wait_until(lambda: (s := _status(project))["state"] == "unsupervised" and s, what="unsupervised")
@@ -136,8 +123,8 @@ def test_a_killed_supervisor_leaves_unsupervised_and_stop_cleans_up(project, cra
     assert_no_server(project)
 
 
-def test_start_replaces_an_unsupervised_server(project, crashy):
-    _configure(crashy)
+def test_start_replaces_an_unsupervised_server(project, fake):
+    _configure(fake)
     first = _started(project)
     os.kill(first["supervisor_pid"], signal.SIGKILL)
     wait_until(lambda: _status(project)["state"] == "unsupervised", what="unsupervised")
@@ -145,13 +132,13 @@ def test_start_replaces_an_unsupervised_server(project, crashy):
     assert result.returncode == 0 and "lost its supervisor" in result.stdout, result.stderr
     project.reaper.adopt_pidfile(project.pidfile)
     status = _status(project)
-    assert status["state"] == "running" and status["pid"] != first["pid"] and crashy.gone(first["pid"])
-    assert len(crashy.running()) == 1
+    assert status["state"] == "running" and status["pid"] != first["pid"] and fake.gone(first["pid"])
+    assert len(fake.running()) == 1
     _stop_and_check(project, status["supervisor_pid"])
 
 
-def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project, crashy):
-    _configure(crashy, "crash-after=0.5", health_interval=0, backoff_max=30, start_retries=50)
+def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project, fake):
+    _configure(fake, "crash-after=0.5", health_interval=0, backoff_max=30, start_retries=50)
     assert project.cli("start").returncode == 0
     project.reaper.adopt_pidfile(project.pidfile)
     # A long enough backoff (the third: 4 s) for both commands to meet it.
@@ -166,8 +153,8 @@ def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project,
     _stop_and_check(project, supervisor)
 
 
-def test_logs_show_the_server_log_and_supervisor_events(project, crashy):
-    _configure(crashy)
+def test_logs_show_the_server_log_and_supervisor_events(project, fake):
+    _configure(fake)
     status = _started(project)
     out = project.cli("logs", "-n", "5").stdout
     assert "fake server pid=" in out
@@ -176,10 +163,10 @@ def test_logs_show_the_server_log_and_supervisor_events(project, crashy):
     _stop_and_check(project, status["supervisor_pid"])
 
 
-def test_run_pings_the_watchdog(project, crashy, tmp_path):
+def test_run_pings_the_watchdog(project, fake, tmp_path):
     import socket
 
-    _configure(crashy)
+    _configure(fake)
     address = str(tmp_path / "notify.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(address)
@@ -201,17 +188,13 @@ def test_run_pings_the_watchdog(project, crashy, tmp_path):
     assert_no_server(project)
 
 
-def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, crashy, tmp_path):
+def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, fake, tmp_path):
     import shutil
 
     if os.geteuid() != 0 or not shutil.which("unshare"):
         pytest.skip("needs root and unshare for a pid namespace")
     # The server leaves an orphan that exits at once: re-parented to PID 1 (our `run`).
-    orphaning = crashy.script.read_text().replace(
-        "\nHTTPServer((", "\nif os.fork() == 0:\n    if os.fork() == 0:\n        os._exit(0)\n"
-        "    os._exit(0)\nHTTPServer((")
-    crashy.script.write_text(orphaning)
-    _configure(crashy)
+    _configure(fake, "orphan")
     proc = project.popen("unshare", "--pid", "--fork", "--mount-proc", str(SPARKQ_BIN), "run", "--skip-backup",
                          stderr=subprocess.PIPE, text=True)
     wait_until(lambda: listening(project.port), timeout=30, what="the server in the namespace")
@@ -223,7 +206,7 @@ def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, crashy, tmp_pa
     wait_until(lambda: not zombies(), timeout=10, what="the orphans reaped")
     runner.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0, proc.stderr.read()
-    wait_until(lambda: not crashy.running(), timeout=10, what="no server left")
+    wait_until(lambda: not fake.running(), timeout=10, what="no server left")
 
 
 def test_logs_follow_prints_lines_as_they_are_appended(project):
