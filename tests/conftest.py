@@ -16,7 +16,19 @@ time.tzset()
 
 
 def pytest_addoption(parser):
-    parser.addoption("--long", action="store_true", help="run the long fault suite (more iterations)")
+    parser.addoption("--long", action="store_true",
+                     help="the long runs too: more fault iterations, and tests marked long")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `long` (benchmark smoke runs and the like) run only with --long, to keep the
+    default run near 10 minutes on 2 cores."""
+    if config.getoption("--long"):
+        return
+    skip = pytest.mark.skip(reason="a long run: ./sparkq.sh test --long")
+    for item in items:
+        if item.get_closest_marker("long"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

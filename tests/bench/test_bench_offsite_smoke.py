@@ -12,6 +12,7 @@ import pytest
 from helpers import REPO, base_env
 
 
+@pytest.mark.long
 @pytest.mark.skipif(shutil.which("restic") is None, reason="needs restic (./sparkq.sh test installs it as root)")
 def test_offsite_bench_tiny_run(tmp_path):
     out = tmp_path / "out"

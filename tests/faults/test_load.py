@@ -1,4 +1,4 @@
-"""20 backups (more with --long) while a client commits through the HTTP API as fast as it can.
+"""12 backups (60 with --long) while a client commits through the HTTP API as fast as it can.
 
 A real server (`sparkq start`) and one client thread PUTting config entries with an increasing
 counter. Every bundle is whole (checksums, integrity_check), holds a gap-free prefix 1..N of the
@@ -20,7 +20,7 @@ def test_backups_under_a_fast_api_writer(project, api_writer, counter, long):
     writer.wait_acked(20)
     highs = []
     try:
-        for _ in range(60 if long else 20):
+        for _ in range(60 if long else 12):
             acked_before = len(writer.acked)
             made = project.cli("backup", "--json")
             assert made.returncode == 0, made.stderr
