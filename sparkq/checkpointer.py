@@ -12,7 +12,12 @@ thread does the work on a connection of its own:
   committing may still never find the WAL fully copied at the start of its next transaction, which
   is the only moment SQLite starts the WAL over from its beginning. So the thread holds the
   request lock for one more PASSIVE pass over the few frames written since; the next request then
-  starts the WAL over. Requests wait at most for that short pass.
+  starts the WAL over. Requests wait at most for that short pass - when the disk is quick. That
+  pass fsyncs the WAL and the database, and the request that starts the WAL over fsyncs its new
+  header: while a backup writes its copy, each fsync took 60-180 ms and requests waited for them.
+  So the locked pass runs only right after an unlocked pass that took at most `quick_s` (a disk
+  that syncs quickly now), or once the WAL holds `hard_cap_frames`; meanwhile the WAL grows, and
+  appending to it costs a request nothing.
 - TRUNCATE once writes have stopped for `idle_after` seconds, under the request lock, so an idle
   server leaves an empty WAL file behind.
 
@@ -50,12 +55,15 @@ class Checkpointer:
     """A daemon thread folding the WAL of `path` back into the database file."""
 
     def __init__(self, path: Path, request_lock: Callable[[], AbstractContextManager], *,
-                 interval: float = 0.05, idle_after: float = 1.0, cap_frames: int = 1000) -> None:
+                 interval: float = 0.05, idle_after: float = 1.0, cap_frames: int = 1000,
+                 quick_s: float = 0.015, hard_cap_frames: int = 16000) -> None:
         self.path = path
         self.request_lock = request_lock  # held by every request while it uses its connection
         self.interval = interval
         self.idle_after = idle_after
         self.cap_frames = cap_frames
+        self.quick_s = quick_s
+        self.hard_cap_frames = hard_cap_frames
         self.stats = CheckpointStats()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -99,7 +107,8 @@ class Checkpointer:
         if version != self._version:
             self._version, self._last_change, self._dirty = version, now, True
             busy, log, copied = self._checkpoint("PASSIVE")
-            if not busy and log >= self.cap_frames and copied == log:
+            quick = time.monotonic() - now <= self.quick_s
+            if not busy and log >= self.cap_frames and copied == log and (quick or log >= self.hard_cap_frames):
                 with self.request_lock():
                     self._checkpoint("PASSIVE")
                     self.stats.locked += 1

@@ -90,6 +90,42 @@ def test_request_commits_never_checkpoint_and_the_thread_folds_their_frames(tmp_
     assert wal_bytes(path) == 0 and not Path(f"{path}-wal").exists()
 
 
+def test_the_locked_pass_waits_for_a_quick_disk_or_the_hard_cap(tmp_path: Path):
+    """The pass under the request lock fsyncs the WAL and the database, and the request after it
+    starts the WAL over with an fsync of its own. On a disk busy with a backup's writes each took
+    60-180 ms, and requests waited that long. So it runs only right after a quick unlocked pass,
+    or once the WAL reaches the hard cap; until then the WAL grows, which costs requests nothing."""
+    path = tmp_path / "q.db"
+    storage.setup_database(path)
+    db = Database(path)
+    ck = db.checkpointer
+    ck.interval = 3600  # only our explicit tick() checkpoints
+    db.open()
+
+    def writes(start: int) -> None:
+        for i in range(start, start + 600):  # about 1500 frames: past cap_frames (1000)
+            with db.write() as conn:
+                put(conn, i)
+
+    try:
+        ck.quick_s = 0.0  # every pass counts as slow, as on a busy disk
+        writes(0)
+        ck.tick()
+        log, copied = ck.stats.last
+        assert copied == log >= 1500 and ck.stats.locked == 0, ck.stats
+        ck.hard_cap_frames = 1000  # ... until the WAL is past the hard cap
+        writes(600)
+        ck.tick()
+        assert ck.stats.locked == 1, ck.stats
+        ck.quick_s, ck.hard_cap_frames = 60.0, 10**9  # every pass quick: the locked pass runs
+        ck.cap_frames = 300
+        writes(1200)
+        ck.tick()
+        assert ck.stats.locked == 2, ck.stats
+    finally:
+        db.close()
+
+
 class Writer(threading.Thread):
     """One HTTP client writing config values one request at a time, timing each request."""
 
