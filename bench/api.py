@@ -19,6 +19,9 @@ from .report import Row, size_label
 CLIENT = Path(__file__).with_name("api_client.py")
 P99_LIMIT = 2.0
 WORST_LIMIT_MS = 100.0
+# Targets from 256 MB up (issue 17): a 10 MB backup lasts about half a second, a few hundred
+# requests, so its "p99" is the third-slowest request; it is shown as information.
+TARGETS_FROM_MB = 256
 
 
 def case_api(bench, proj, size_mb: float) -> None:
@@ -51,16 +54,16 @@ def case_api(bench, proj, size_mb: float) -> None:
     finally:
         bench.stop_project_server(proj)
         dbgen.prune(proj.backup_dir)
-    _report(bench.report, label, during, none)
+    _report(bench.report, label, during, none, targets=size_mb >= TARGETS_FROM_MB)
 
 
-def _report(report, label: str, during: list[dict], none: list[dict]) -> None:
+def _report(report, label: str, during: list[dict], none: list[dict], *, targets: bool) -> None:
     def med(rows, key):
         return statistics.median(r[key] for r in rows)
 
     data = {"during": during, "none": none}
     report.ratio_row("API p99 latency (PUT /api/config), during backup vs none", label,
-                     [r["p99_ms"] for r in during], [r["p99_ms"] for r in none], P99_LIMIT,
+                     [r["p99_ms"] for r in during], [r["p99_ms"] for r in none], P99_LIMIT if targets else None,
                      unit_fmt=lambda ms: f"{ms:.2f} ms", data=data,
                      note=f"p50 {med(during, 'p50_ms'):.2f} vs {med(none, 'p50_ms'):.2f} ms, "
                           f"{med(during, 'requests'):.0f} vs {med(none, 'requests'):.0f} requests")
@@ -69,7 +72,8 @@ def _report(report, label: str, during: list[dict], none: list[dict]) -> None:
     wal = max(r["wal_peak_bytes"] for r in during)
     report.add(Row(
         measure="worst API request during backup", size=label, a=f"{worst:.1f} ms", b=f"{worst_none:.1f} ms",
-        ratio=None, target=f"<= {WORST_LIMIT_MS:g} ms", verdict="PASS" if worst <= WORST_LIMIT_MS else "MISS",
+        ratio=None, target=f"<= {WORST_LIMIT_MS:g} ms" if targets else "-",
+        verdict="info" if not targets else "PASS" if worst <= WORST_LIMIT_MS else "MISS",
         note=f"WAL peak {wal / 2**20:.1f} MB during backup", data=data,
     ))
     failed, failed_none = sum(r["failed"] for r in during), sum(r["failed"] for r in none)
