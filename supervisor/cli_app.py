@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-
 from typer.core import TyperGroup
 
 from . import __version__
