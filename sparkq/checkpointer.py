@@ -17,7 +17,9 @@ thread does the work on a connection of its own:
   header: while a backup writes its copy, each fsync took 60-180 ms and requests waited for them.
   So the locked pass runs only right after an unlocked pass that took at most `quick_s` (a disk
   that syncs quickly now), or once the WAL holds `hard_cap_frames`; meanwhile the WAL grows, and
-  appending to it costs a request nothing.
+  appending to it costs a request nothing. The gate times the whole pass, copying included: on a
+  disk where every pass takes longer, a busy server's WAL grows to the hard cap (about 64 MB)
+  before it starts over, and the file keeps that size until the server is idle (TRUNCATE).
 - TRUNCATE once writes have stopped for `idle_after` seconds, under the request lock, so an idle
   server leaves an empty WAL file behind.
 

@@ -15,7 +15,7 @@ import sys
 import typer
 
 from .cli_app import JsonOpt, app, emit, exit_with, load_settings, state
-from .errors import FAILURE, INTERRUPTED, SparkqError
+from .errors import FAILURE, INTERRUPTED, Interrupted, SparkqError
 
 SkipBackupOpt = typer.Option(False, "--skip-backup", help="Start without the pre-start backup (logs a warning).")
 
@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="sparkq")
     except SparkqError as exc:
-        if state["debug"]:
+        interrupted = isinstance(exc, Interrupted)
+        if state["debug"] and not interrupted:  # Ctrl-C is not a bug: no traceback for it
             raise
-        print(f"sparkq: {exc}", file=sys.stderr)
+        print(f"{chr(10) if interrupted else ''}sparkq: {exc}", file=sys.stderr)  # past the ^C echo
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("\nsparkq: interrupted", file=sys.stderr)

@@ -66,7 +66,8 @@ class BackupDiskFull(BackupFailed):
 
 
 class Interrupted(SparkqError):
-    """Ctrl-C or SIGTERM stopped an operation that then put back what it had changed."""
+    """Ctrl-C (or SIGTERM where it unwinds) stopped a command; what the command had changed is
+    put back, and an operation that had something to undo says so in the message."""
 
     exit_code = INTERRUPTED
 

@@ -134,18 +134,22 @@ def _adopt_old_pidfile(paths: Paths) -> bytes | None:
     old = paths.root / "sparkq" / "data" / "sparkq.pid"
     if old == paths.pidfile:
         return None
-    raw = _read_raw(old)
     try:
+        raw = _read_raw(old)
         info = _parse(raw) if raw is not None else None
-    except (ValueError, KeyError, TypeError):
-        return None
+    except (SparkqError, ValueError, KeyError, TypeError):
+        return None  # not readable, or not one of ours: nothing to adopt
     if info is None or not _serves_db(info.argv, paths.db) or why_not_ours(info) is not None:
         return None
-    write_pidfile(paths, info)
-    if _read_raw(old) == raw:
-        old.unlink(missing_ok=True)
+    try:
+        write_pidfile(paths, info)
+        if _read_raw(old) == raw:
+            old.unlink(missing_ok=True)
+    except (OSError, SparkqError) as exc:  # cannot move it (read-only data dir): use it where it is
+        log.get().warning("old_pidfile_not_moved", old=str(old), error=str(exc))
+        return raw
     log.get().info("old_pidfile_moved", old=str(old), new=str(paths.pidfile), pid=info.pid)
-    return _read_raw(paths.pidfile)
+    return raw
 
 
 def _serves_db(argv: list[str], db: Path) -> bool:
@@ -154,7 +158,7 @@ def _serves_db(argv: list[str], db: Path) -> bool:
         given = argv[argv.index("--db") + 1]
     except (ValueError, IndexError):
         return False
-    return os.path.abspath(given) == os.path.abspath(db)
+    return os.path.realpath(given) == os.path.realpath(db)
 
 
 def _left_behind(info: PidInfo) -> list:

@@ -170,7 +170,8 @@ class CheckReport:
         return f"{head} ({what})" + ("" if self.ok else f": {self.message}")
 
 
-_CHECK_VERDICT = "repository contains errors"  # how `restic check` ends when it found damage
+# How `restic check` ends when it found damage: in the packs, trees and snapshots, or in the index.
+_CHECK_VERDICTS = ("repository contains errors", "LoadIndex returned errors")
 
 
 def check(settings, *, read_data: bool = False) -> CheckReport:
@@ -181,7 +182,7 @@ def check(settings, *, read_data: bool = False) -> CheckReport:
     except restic.ResticError as exc:
         # Only restic's own verdict is a failed verification (exit 5). A backend it cannot reach,
         # a wrong password or a lock says nothing about the copies: an off-site failure (exit 1).
-        if _CHECK_VERDICT not in str(exc):
+        if not any(verdict in str(exc) for verdict in _CHECK_VERDICTS):
             raise
         return CheckReport(target.shown, False, read_data, str(exc))
     return CheckReport(target.shown, True, read_data, "no errors were found")

@@ -1,7 +1,7 @@
 """Retention: keep the newest `keep` regular backups, delete the rest, clean up after crashes.
 
 Bundles and legacy `.db` files count together, newest first in catalog order (a bundle's time
-is its manifest's `created_at`, else its name read as local time); pre-restore bundles are never
+is its manifest's `created_at`, else its name in the clock layout.name_time picks); pre-restore bundles are never
 counted nor deleted. Only this project's backups count (see history.py): another project's
 bundles in a shared backup dir are never pruned here, and neither is the bundle the last restore
 came from. Deleting is serialized by its own short lock, so backups taken at once never race

@@ -1,6 +1,6 @@
 """Issue 12.4: a backup's time is its manifest's created_at (with offset) when present, else its
 name read as local time (the original names backups in local time; legacy pairs have no
-manifest). backup-list numbering and retention use that one order. Run with TZ set in the
+manifest), or as UTC for one of ours whose mtime says so. backup-list numbering and retention use that one order. Run with TZ set in the
 child's environment to a zone west of UTC, where reading names as UTC sorts the newest oldest."""
 
 from __future__ import annotations

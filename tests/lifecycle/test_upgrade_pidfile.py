@@ -56,3 +56,14 @@ def test_an_old_pidfile_of_another_database_is_left_alone(project):
     assert proc.poll() is None and json.loads(project.pidfile.read_text()) == record
     proc.terminate()
     proc.wait(timeout=20)
+
+
+def test_an_unreadable_old_pidfile_does_not_break_status(project):
+    """Whatever sits at the old place (here a folder), a config with its own database still
+    answers `status` and `stop`."""
+    db = project.root / "queues" / "work.db"
+    project.write_config(f"database:\n  path: {db}\n")
+    assert project.cli("setup").returncode == 0
+    (project.root / "sparkq" / "data" / "sparkq.pid").mkdir(parents=True)
+    assert project.cli("status").returncode == 3
+    assert project.cli("stop").returncode == 0

@@ -59,6 +59,16 @@ def test_verify_tells_a_damaged_repository_from_an_unreachable_one(hermetic_cach
     os.rename(max(packs, key=os.path.getsize), os.path.join(local_repo, "lost-pack"))
     damaged = project.cli("backup-verify", "--offsite")
     assert damaged.returncode == 5 and "FAILED" in damaged.stdout, damaged.stdout + damaged.stderr
+    index = [os.path.join(d, f) for d, _s, files in os.walk(os.path.join(local_repo, "index")) for f in files][0]
+    os.chmod(index, 0o600)
+    intact = open(index, "rb").read()
+    with open(index, "r+b") as fh:  # a damaged index is damage too
+        fh.seek(40)
+        fh.write(b"garbage")
+    bad_index = project.cli("backup-verify", "--offsite")
+    assert bad_index.returncode == 5 and "LoadIndex" in bad_index.stdout, bad_index.stdout + bad_index.stderr
+    with open(index, "wb") as fh:
+        fh.write(intact)
     holder = subprocess.Popen(["restic", "backup", "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, env={**os.environ, "RESTIC_REPOSITORY": local_repo,
                                                                "RESTIC_PASSWORD_FILE": str(password_file)})
