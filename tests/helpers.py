@@ -313,19 +313,14 @@ def one_line_error(proc, *, codes=None) -> str:
 
 
 def wait_serving(proc: subprocess.Popen, url: str, log: Path, timeout: float = 30) -> None:
-    """Wait until the server `proc` answers GET /health at `url`; if it exits first, fail with its
-    log (stderr redirected to `log`)."""
-    import httpx
+    """Wait until the server `proc` answers GET /health at `url` (the benchmarks' poll); if it
+    exits first or never answers, fail with its log (stderr redirected to `log`)."""
+    from bench.proc import BenchError, wait_healthy
 
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(healthy, timeout=timeout, what="GET /health")
+    try:
+        wait_healthy(f"{url}/health", timeout=timeout, proc=proc)
+    except BenchError as exc:
+        raise AssertionError(f"{exc}:\n{log.read_text()[-2000:]}") from None
 
 
 def listening(port: int, host: str = "127.0.0.1") -> bool:
