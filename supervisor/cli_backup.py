@@ -32,7 +32,11 @@ def backup(
 
     settings = load_settings()
     if trigger == "manual":
-        result = create_backup(settings, trigger="manual", progress=sys.stderr.isatty())
+        from .pidfile import recorded_pid
+        from .process import alive
+
+        result = create_backup(settings, trigger="manual", progress=sys.stderr.isatty(),
+                               beside_server=alive(recorded_pid(settings.paths)))
     else:
         from .interrupts import sigterm_unwinds
         from .schedule import TRIGGER
@@ -42,7 +46,7 @@ def backup(
         # The supervisor ends a scheduled backup with SIGTERM when it stops: unwinding removes the
         # half-built bundle. Unchanged since the newest bundle: nothing is written.
         with sigterm_unwinds():
-            result = create_backup(settings, trigger=TRIGGER, skip_unchanged=True)
+            result = create_backup(settings, trigger=TRIGGER, skip_unchanged=True, beside_server=True)
     pushed = after_backup(settings, result)  # None when off-site copies are off; never raises
     if as_json:
         print(json.dumps({**result.to_dict(), **({"offsite": pushed.to_dict()} if pushed else {})},

@@ -62,6 +62,16 @@ def remove_pidfile(paths: Paths, pid: int | None = None) -> None:
         pass
 
 
+def recorded_pid(paths: Paths) -> int | None:
+    """The PID the pidfile names, read only: no identity check and no clean-up (identify does
+    both). Enough to guess whether a server runs where a wrong guess costs only speed."""
+    try:
+        raw = _read_raw(paths.pidfile)
+    except SparkqError:
+        return None
+    return None if raw is None else _pid_of(raw)
+
+
 def _read_raw(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

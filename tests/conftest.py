@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from helpers import Project, Reaper, base_env, free_port
 # the helpers' subprocesses do (base_env sets TZ=UTC), whatever zone the machine is in.
 os.environ["TZ"] = "UTC"
 time.tzset()
+
+# A shell without job control starts a background command (`./sparkq.sh test &`) with SIGINT
+# ignored, and every process the tests start would inherit that: the Ctrl-C tests' SIGINT would
+# then be lost. A handler here is reset to the default in each child at exec.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser):

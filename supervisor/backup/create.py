@@ -84,7 +84,7 @@ class BackupResult:
 
 
 def create_backup(settings, *, trigger: str, progress: bool = False, locked: bool = False,
-                  prune: bool = True, skip_unchanged: bool = False) -> BackupResult:
+                  prune: bool = True, skip_unchanged: bool = False, beside_server: bool = False) -> BackupResult:
     """Validate retention, take one bundle, then prune old ones. Skips when there is no DB yet.
 
     `locked` says the caller holds the supervisor lock (the pre-start hook). Otherwise (a manual
@@ -93,7 +93,8 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
 
     `skip_unchanged` (automatic backups): write nothing when the newest bundle of this project
     holds exactly this state (history.py). `prune=False` leaves retention to the caller, which
-    calls prune_after once it is sure (a start: when the server is healthy).
+    calls prune_after once it is sure (a start: when the server is healthy). `beside_server`:
+    a server is serving while we work, so leave it a core (see _check_and_hash).
     """
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
@@ -101,9 +102,9 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
     history.refuse_unusable_db(settings.paths)  # an emptied DB must not push good backups out
     if locked:
-        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged)
+        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged, beside_server)
     with file_lock(settings.paths.lockfile, shared=True):
-        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged)
+        return _backup_and_prune(settings, trigger, keep, progress, prune, skip_unchanged, beside_server)
 
 
 def prune_after(settings, result: BackupResult) -> BackupResult:
@@ -119,7 +120,7 @@ def prune_after(settings, result: BackupResult) -> BackupResult:
 
 
 def _backup_and_prune(settings, trigger: str, keep: int, progress: bool, prune: bool,
-                      skip_unchanged: bool) -> BackupResult:
+                      skip_unchanged: bool, beside_server: bool) -> BackupResult:
     started = time.monotonic()
     paths = settings.paths
     unshare_pre_restore(settings)
@@ -129,13 +130,13 @@ def _backup_and_prune(settings, trigger: str, keep: int, progress: bool, prune: 
     try:
         try:
             path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False,
-                                           progress=progress, baseline=base)
+                                           progress=progress, baseline=base, beside_server=beside_server)
         except BackupDiskFull:
             # The estimate was short: free what retention would free after a success, then once more.
             if made_room or not prune_for(settings, keep)[0]:
                 raise
             path, manifest = _write_bundle(settings, trigger=trigger, prefix=PREFIX, link_db=False,
-                                           progress=progress, baseline=base)
+                                           progress=progress, baseline=base, beside_server=beside_server)
     except history.Unchanged as same:
         log.get().info("backup_unchanged", since=same.name, trigger=trigger)
         result = BackupResult(trigger=trigger, skipped=True, unchanged_since=same.name,
@@ -203,7 +204,7 @@ def _now() -> datetime:
 
 
 def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progress: bool,
-                  baseline=None) -> tuple[Path, dict]:
+                  baseline=None, beside_server: bool = False) -> tuple[Path, dict]:
     paths = settings.paths
     backup_dir = paths.backup_dir
     started = time.monotonic()
@@ -215,7 +216,8 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     except OSError as exc:
         raise os_failure(exc, f"creating a temp dir in the backup dir {backup_dir}") from None
     try:
-        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress, baseline=baseline)
+        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress, baseline=baseline,
+                         beside_server=beside_server)
         manifest = {
             "backup_version": BACKUP_VERSION,
             "created_at": created.isoformat(),
@@ -242,7 +244,8 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     return final, manifest
 
 
-def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, baseline=None) -> dict:
+def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, baseline=None,
+          beside_server: bool = False) -> dict:
     """Write every member except the manifest into `tmp`; returns the manifest's other keys.
 
     With a `baseline` bundle, raises history.Unchanged right after the snapshot when the bundle
@@ -260,27 +263,14 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     if has_db and baseline is not None:
         snapshot_sha = history.check_unchanged(baseline, db, _config_members(paths))
 
-    # The slow parts run at once: integrity check and hash (CPU; SQLite and hashlib release the
-    # GIL), the snapshot's fsync (disk), and here the exports and small copies.
+    # The slow parts run in helper threads (SQLite and hashlib release the GIL) while this one
+    # makes the exports and small copies.
     integrity: dict[str, Any] = {}
     workers = []
-    # A pre-restore bundle is made with the server stopped: there is no one to yield the CPU to,
-    # and on a busy machine a lowered priority made that step of a restore several times slower.
-    polite = {"polite": trigger != "pre-restore"}
     if has_db:
-        workers = [
-            threading.Thread(target=snapshot.into, args=(integrity, "check", snapshot.integrity, db), kwargs=polite,
-                             daemon=True),
-            threading.Thread(target=snapshot.into, args=(integrity, "sync", snapshot.sync, db), kwargs=polite,
-                             daemon=True),
-        ]
-        if snapshot_sha is None:
-            workers.append(threading.Thread(target=snapshot.into, args=(integrity, "sha", sha256_file, db),
-                                            kwargs=polite, daemon=True))
-        else:
+        if snapshot_sha is not None:
             integrity["sha"] = snapshot_sha
-        for w in workers:
-            w.start()
+        workers = _check_and_hash(db, integrity, hash_it=snapshot_sha is None, beside_server=beside_server)
     try:
         config_file = _copy_member(paths.config_file, tmp / YML_NAME, YML_NAME, files, checksums)
         env_file = _copy_member(paths.env_file, tmp / ENV_NAME, ENV_NAME, files, checksums)
@@ -322,6 +312,32 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     if export_error:
         manifest["exports_error"] = export_error
     return manifest
+
+
+def _check_and_hash(db: Path, box: dict, *, hash_it: bool, beside_server: bool) -> list[threading.Thread]:
+    """Start the snapshot's fsync (disk), integrity check and sha256 (CPU); results land in `box`.
+
+    With no server running (a start's backup, a restore's pre-restore bundle, a manual backup of
+    a stopped project) the check and the hash run at once at full priority: nobody waits on the
+    CPU but the user, and a lowered priority made a restore several times slower on a busy
+    machine. Beside a running server they run one after the other at a lower priority: on two
+    cores, two busy threads tripled the p99 of its requests where one barely moved it
+    (docs/PERFORMANCE.md), and a backup that takes a little longer in the background costs nobody.
+    """
+    cpu = [("check", snapshot.integrity)] + ([("sha", sha256_file)] if hash_it else [])
+    queues = [cpu] if beside_server else [[job] for job in cpu]
+    queues.append([("sync", snapshot.sync)])
+    workers = [threading.Thread(target=_run_jobs, args=(box, jobs, db, beside_server), daemon=True)
+               for jobs in queues]
+    for w in workers:
+        w.start()
+    return workers
+
+
+def _run_jobs(box: dict, jobs: list, db: Path, polite: bool) -> None:
+    """Thread body: each (key, fn) of `jobs` in turn, `box[key]` = fn(db) or what it raised."""
+    for key, fn in jobs:
+        snapshot.into(box, key, fn, db, polite=polite)
 
 
 def _write_exports(db: Path, tmp: Path, files: list[str], checksums: dict[str, str]) -> tuple[dict, str | None]:

@@ -8,11 +8,12 @@ import json
 import shutil
 import sqlite3
 import stat
+import time
 
 import httpx
 
 from helpers import Project, base_env, free_port
-from offsite_helpers import PASSWORD, offsite_config, reap_pushers
+from offsite_helpers import PASSWORD, background_pushers, offsite_config, reap_pushers
 
 
 def _mark(db, value: str) -> None:
@@ -109,3 +110,40 @@ def test_restore_by_bundle_name_with_the_offsite_flag(hermetic_cache, rest_serve
     assert not [p for p in project.backup_dir.iterdir() if p.name.startswith(".offsite-")]
     missing = project.cli("backup-restore", "--offsite", "sparkq_20000101_000000", "--yes")
     assert missing.returncode == 4 and missing.stderr.count("\n") == 1
+
+
+def test_the_supervisor_loop_pushes_again_once_the_backoff_is_over(hermetic_cache, rest_server, password_file,
+                                                                    monkeypatch):
+    """The loop's look at failed pushes (every minute while the server runs) starts a background
+    push only when the failure's backoff is over. The two waits are skipped by moving their
+    deadlines, the only thing not real here."""
+    from supervisor import config
+    from supervisor.backup import offsite_state
+    from supervisor.signals import StopSignals
+    from supervisor.supervise import Supervisor
+    from supervisor.systemd import Notifier
+
+    project = hermetic_cache
+    offsite_config(project, rest_server.url, password_file)
+    assert project.cli("setup").returncode == 0
+    rest_server.stop()
+    assert "pending" in project.cli("backup").stdout
+    rest_server.start()
+    monkeypatch.setenv("RESTIC_CACHE_DIR", project.env["RESTIC_CACHE_DIR"])  # the push child's env
+    settings = config.load()
+    loop = Supervisor(settings, "run", Notifier(None), StopSignals(Notifier(None)))
+    state = offsite_state.load(settings.paths)
+    assert state.failures == 1 and not state.retry_due()
+
+    loop.next_offsite_check = 0.0  # the loop's minute is over, the backoff's is not
+    loop.periodic()
+    assert not background_pushers(project.root)
+    assert loop.next_offsite_check > time.monotonic() + 50  # the next look is a minute away
+
+    state.retry_at = time.time() - 1  # now the backoff is over too
+    offsite_state.save(settings.paths, state)
+    loop.next_offsite_check = 0.0
+    loop.periodic()
+    reap_pushers(project.root)
+    info = json.loads(project.cli("status", "--json").stdout)["offsite"]
+    assert info["pending"] == 0 and offsite_state.load(settings.paths).failures == 0, info

@@ -1,0 +1,138 @@
+"""How a backup shares the CPU: beside a running server the integrity check and the hash take
+turns at a lower priority; with no server they run at once at full priority; the snapshot never
+yields. (On two cores, two busy threads tripled the p99 of the server's requests where one
+barely moved it: docs/PERFORMANCE.md.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from helpers import wait_until
+from supervisor import config
+from supervisor.backup import create, snapshot
+from supervisor.initialize import run_setup
+
+OVERLAP_WAIT_S = 0.5  # how long each job waits to see the other one running
+
+
+@pytest.fixture
+def settings(project):
+    s = config.load()
+    run_setup(s)
+    return s
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+class Watch:
+    """Wraps the check and the hash: records each one's priority and how many ran at once."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.nice: dict[str, int] = {}
+        for name, owner, attr in (("check", snapshot, "integrity"), ("sha", create, "sha256_file")):
+            monkeypatch.setattr(owner, attr, self._wrap(name, getattr(owner, attr)))
+
+    def _wrap(self, name, real):
+        def job(path):
+            with self.lock:
+                self.running += 1
+                self.nice[name] = _nice()
+            deadline = time.monotonic() + OVERLAP_WAIT_S
+            while time.monotonic() < deadline:  # long enough for the other to start, if it may
+                with self.lock:
+                    self.most = max(self.most, self.running)
+                    if self.running > 1:
+                        break
+                time.sleep(0.01)
+            try:
+                return real(path)
+            finally:
+                with self.lock:
+                    self.running -= 1
+        return job
+
+
+def test_beside_a_server_the_check_and_the_hash_take_turns_at_a_lower_priority(settings, monkeypatch):
+    watch = Watch(monkeypatch)
+    result = create.create_backup(settings, trigger="manual", beside_server=True)
+    assert result.integrity_check == "ok"
+    assert watch.most == 1
+    assert set(watch.nice) == {"check", "sha"}
+    assert all(n > _nice() for n in watch.nice.values()), watch.nice
+
+
+def test_with_no_server_they_run_at_once_at_full_priority(settings, monkeypatch):
+    watch = Watch(monkeypatch)
+    result = create.create_backup(settings, trigger="start", locked=True)
+    assert result.integrity_check == "ok"
+    assert watch.most == 2
+    assert watch.nice == {"check": _nice(), "sha": _nice()}
+
+
+def test_the_snapshot_keeps_its_priority_with_a_progress_line(settings, monkeypatch):
+    seen: list[int] = []
+    real = snapshot._copy_db
+
+    def copy(*args):
+        seen.append(_nice())
+        return real(*args)
+
+    monkeypatch.setattr(snapshot, "_copy_db", copy)
+    create.create_backup(settings, trigger="manual", progress=True, beside_server=True)
+    assert seen == [_nice()]
+
+
+@pytest.mark.parametrize("server", [True, False])
+def test_a_manual_backup_asks_the_pidfile_whether_a_server_runs(settings, monkeypatch, reaper, server):
+    asked: list[bool] = []
+    real = create.create_backup
+
+    def spy(*args, beside_server=False, **kw):
+        asked.append(beside_server)
+        return real(*args, beside_server=beside_server, **kw)
+
+    monkeypatch.setattr(create, "create_backup", spy)
+    if server:  # the pidfile names a live process; only its PID is read
+        stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        reaper.add(stand_in.pid)
+        settings.paths.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        settings.paths.pidfile.write_text('{"pid": %d}\n' % stand_in.pid)
+    from supervisor.cli_backup import backup
+
+    backup(as_json=True, trigger="manual")
+    assert asked == [server]
+
+
+def test_the_snapshot_goes_to_the_disk_a_few_mb_at_a_time_while_it_grows(tmp_path, monkeypatch):
+    """So that an fsync of the server's (a checkpoint, a WAL restart) never queues behind the
+    whole snapshot: each step is written and waited for before the next."""
+    sent: list[tuple[int, int]] = []
+    real = snapshot._range_writer()
+
+    def writer():
+        def write_back(fd, offset, length):
+            sent.append((offset, length))
+            real(fd, offset, length)
+        return write_back
+
+    monkeypatch.setattr(snapshot, "_range_writer", writer)
+    target = tmp_path / "growing.db"
+    step = 1 << 20
+    with snapshot._trickle_flush(target, step=step):
+        with open(target, "wb") as fh:
+            for _ in range(8):
+                fh.write(b"x" * step)
+                fh.flush()
+            wait_until(lambda: len(sent) == 8, timeout=10, what="eight steps written back")
+    assert sent == [(i * step, step) for i in range(8)]
