@@ -29,8 +29,6 @@ from .failures import locked, os_failure, sqlite_failure
 from .layout import WAL, open_readonly, sidecar
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-# sync_file_range(2) flags: SYNC_FILE_RANGE_WAIT_BEFORE | _WRITE | _WAIT_AFTER
-_SYNC_RANGE_WAIT_WRITE_WAIT = 1 | 2 | 4
 
 
 def take(src: Path, dst: Path, *, timeout: float, progress: bool = False) -> None:
@@ -116,32 +114,38 @@ def yield_cpu() -> None:
 
 
 @contextlib.contextmanager
-def _trickle_flush(dst: Path, step: int = 4 << 20):
-    """Write the snapshot back to disk while it grows, `step` bytes at a time, from a helper thread.
+def _trickle_flush(dst: Path, step: int = 8 << 20):
+    """Write the snapshot back to disk while it grows, from a helper thread: an fdatasync each time
+    `step` more bytes have come, and once more when the copy is done, before the caller goes on.
 
-    A large copy would otherwise pile up dirty pages until the kernel throttles every writer on
-    the disk, the live server's WAL appends included, and the final fsync would then queue all of
-    them at once. Any fsync the server makes meanwhile (a checkpoint, or the commit that starts
-    the WAL over) waits behind whatever of ours is in flight: with the copy sent to the disk one
-    step at a time, waiting for each, that is a few MB, not the whole snapshot (a request that
-    took 100-200 ms after one backup in eight took at most 41 ms in fourteen; docs/PERFORMANCE.md).
+    Any fsync the server makes meanwhile (a checkpoint, or the commit that starts the WAL over)
+    waits for everything written before it to be on the disk, ours included; on a virtual disk
+    that is also whatever the host still holds in its cache. So what we leave unsynced is kept
+    small at every moment. One fsync of hundreds of MB at the end held a request for a second;
+    sending the copy to the disk without syncing it (sync_file_range) did the same, since the
+    host's cache was still flushed by the server's fsync (docs/PERFORMANCE.md). The snapshot's
+    read transaction has ended by the last fdatasync, so it never keeps the server's WAL pinned.
     """
     stop = threading.Event()
-    write_back = _range_writer()
+    drain = False  # set once the copy is complete: sync what is left before returning
 
     def run() -> None:
         yield_cpu()
-        fd, flushed = None, 0
+        fd, synced = None, 0
         try:
-            while not stop.wait(0.02):
-                if fd is None:
-                    with contextlib.suppress(OSError):
-                        fd = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
-                    continue
+            while fd is None and not stop.wait(0.02):
+                with contextlib.suppress(OSError):
+                    fd = os.open(dst, os.O_RDONLY | os.O_CLOEXEC)
+            while fd is not None:
+                done = stop.wait(0.02)
+                if done and not drain:
+                    return
                 size = os.fstat(fd).st_size
-                while size - flushed >= step and not stop.is_set():
-                    write_back(fd, flushed, step)
-                    flushed += step
+                if size - synced >= step or (done and size > synced):
+                    os.fdatasync(fd)
+                    synced = size
+                if done:
+                    return
         except OSError:
             pass  # only an optimization: the final fsync reports real errors
         finally:
@@ -152,37 +156,10 @@ def _trickle_flush(dst: Path, step: int = 4 << 20):
     flusher.start()
     try:
         yield
+        drain = True
     finally:
         stop.set()
         flusher.join()
-
-
-def _range_writer():
-    """fn(fd, offset, length): send that range of the file to the disk and wait for it. Linux's
-    sync_file_range(2) does that without a journal commit or a cache flush; where it is missing
-    an fdatasync of the whole file stands in (every 8 steps, so the calls stay few)."""
-    try:
-        import ctypes
-
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-        call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    except (ImportError, OSError, AttributeError):
-        calls = 0
-
-        def fdatasync_now_and_then(fd: int, _offset: int, _length: int) -> None:
-            nonlocal calls
-            calls += 1
-            if calls % 8 == 0:
-                os.fdatasync(fd)
-
-        return fdatasync_now_and_then
-
-    def sync_range(fd: int, offset: int, length: int) -> None:
-        if call(fd, offset, length, _SYNC_RANGE_WAIT_WRITE_WAIT) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-
-    return sync_range
 
 
 class _Cancelled(Exception):

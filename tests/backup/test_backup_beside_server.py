@@ -114,25 +114,35 @@ def test_a_manual_backup_asks_the_pidfile_whether_a_server_runs(settings, monkey
     assert asked == [server]
 
 
-def test_the_snapshot_goes_to_the_disk_a_few_mb_at_a_time_while_it_grows(tmp_path, monkeypatch):
-    """So that an fsync of the server's (a checkpoint, a WAL restart) never queues behind the
-    whole snapshot: each step is written and waited for before the next."""
-    sent: list[tuple[int, int]] = []
-    real = snapshot._range_writer()
+def test_the_snapshot_is_synced_in_steps_while_it_grows_and_whole_before_the_copy_returns(tmp_path, monkeypatch):
+    """So that an fsync of the server's (a checkpoint, a WAL restart) never waits behind the whole
+    snapshot: what is not yet on the disk stays under about one step at every moment."""
+    synced: list[int] = []
+    real = os.fdatasync
 
-    def writer():
-        def write_back(fd, offset, length):
-            sent.append((offset, length))
-            real(fd, offset, length)
-        return write_back
+    def fdatasync(fd):
+        real(fd)
+        synced.append(os.fstat(fd).st_size)
 
-    monkeypatch.setattr(snapshot, "_range_writer", writer)
+    monkeypatch.setattr(snapshot.os, "fdatasync", fdatasync)
     target = tmp_path / "growing.db"
     step = 1 << 20
     with snapshot._trickle_flush(target, step=step):
         with open(target, "wb") as fh:
-            for _ in range(8):
+            for n in range(1, 5):
                 fh.write(b"x" * step)
                 fh.flush()
-            wait_until(lambda: len(sent) == 8, timeout=10, what="eight steps written back")
-    assert sent == [(i * step, step) for i in range(8)]
+                wait_until(lambda n=n: synced and synced[-1] >= n * step, timeout=10, what=f"{n} MB synced")
+            fh.write(b"y" * (step // 2))  # less than a step: only the sync at the end covers it
+    assert synced[-1] == 4 * step + step // 2
+
+
+def test_a_failed_copy_is_not_synced_on(tmp_path, monkeypatch):
+    synced: list[int] = []
+    monkeypatch.setattr(snapshot.os, "fdatasync", lambda fd: synced.append(fd))
+    target = tmp_path / "failed.db"
+    with pytest.raises(RuntimeError):
+        with snapshot._trickle_flush(target, step=1 << 20):
+            target.write_bytes(b"x" * (1 << 19))  # less than a step: only the sync at the end would run
+            raise RuntimeError("the copy failed")
+    assert synced == []
