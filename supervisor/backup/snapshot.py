@@ -3,12 +3,13 @@
 The copy is one step of SQLite's online backup API (`pages=-1`): a single read transaction, so
 the copy is one state of the database even while the server commits (a stepwise copy restarts
 on every commit from another connection). It is written without a journal or syncs into a
-private new file, then switched to rollback journal mode so it never needs a -wal beside it,
-and fsynced once (`sync`, which the bundle writer runs beside the integrity check and hashing).
+private new file, synced to the disk as it grows (`_trickle_flush`), then switched to rollback
+journal mode so it never needs a -wal beside it, and fsynced whole (`sync`, which the bundle
+writer runs beside the integrity check and hashing).
 
 A live server pays for the snapshot's read transaction: its WAL cannot be checkpointed past it.
-So the snapshot runs at full priority while the helper threads yield the CPU; the measurements
-behind that are in docs/PERFORMANCE.md (finding 4).
+So the snapshot runs at full priority, and only the helper threads may yield the CPU; the
+measurements behind that are in docs/PERFORMANCE.md (finding 4).
 """
 
 from __future__ import annotations
