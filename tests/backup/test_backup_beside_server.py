@@ -18,7 +18,7 @@ from supervisor import config
 from supervisor.backup import create, snapshot
 from supervisor.initialize import run_setup
 
-OVERLAP_WAIT_S = 0.5  # how long each job waits to see the other one running
+OVERLAP_WAIT_S = 1.0  # how long each job waits to see the other one running (ample under load)
 
 
 @pytest.fixture
