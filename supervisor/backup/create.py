@@ -94,7 +94,7 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
     `skip_unchanged` (automatic backups): write nothing when the newest bundle of this project
     holds exactly this state (history.py). `prune=False` leaves retention to the caller, which
     calls prune_after once it is sure (a start: when the server is healthy). `beside_server`:
-    a server is serving while we work, so leave it a core (see _check_and_hash).
+    a server is serving while we work, so leave it a core (snapshot.one_cpu, _check_and_hash).
     """
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
@@ -216,8 +216,9 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     except OSError as exc:
         raise os_failure(exc, f"creating a temp dir in the backup dir {backup_dir}") from None
     try:
-        manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress, baseline=baseline,
-                         beside_server=beside_server)
+        with snapshot.one_cpu(beside_server):  # every thread of the bundle's work starts in _fill
+            manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress,
+                             baseline=baseline, beside_server=beside_server)
         manifest = {
             "backup_version": BACKUP_VERSION,
             "created_at": created.isoformat(),

@@ -1,7 +1,8 @@
 """How a backup shares the CPU: beside a running server the integrity check and the hash take
-turns at a lower priority; with no server they run at once at full priority; the snapshot never
-yields. (On two cores, two busy threads tripled the p99 of the server's requests where one
-barely moved it: docs/PERFORMANCE.md.)"""
+turns at a lower priority, and all of the backup keeps to one CPU; with no server they run at
+once at full priority on every CPU; the snapshot never yields. (On two cores, two busy threads
+tripled the p99 of the server's requests where one barely moved it, and one kept on one CPU
+moved it less again: docs/PERFORMANCE.md.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import pytest
 from helpers import wait_until
 from supervisor import config
 from supervisor.backup import create, snapshot
+from supervisor.errors import BackupFailed
 from supervisor.initialize import run_setup
 
 OVERLAP_WAIT_S = 1.0  # how long each job waits to see the other one running (ample under load)
@@ -91,6 +93,53 @@ def test_the_snapshot_keeps_its_priority_with_a_progress_line(settings, monkeypa
     monkeypatch.setattr(snapshot, "_copy_db", copy)
     create.create_backup(settings, trigger="manual", progress=True, beside_server=True)
     assert seen == [_nice()]
+
+
+def _record_cpus(monkeypatch) -> dict[str, set[int]]:
+    """The CPUs the snapshot, the integrity check and the hash each ran on (their own threads)."""
+    seen: dict[str, set[int]] = {}
+    for name, owner, attr in (("snapshot", snapshot, "_copy_db"), ("check", snapshot, "integrity"),
+                              ("sha", create, "sha256_file")):
+        def job(*args, _name=name, _real=getattr(owner, attr)):
+            seen[_name] = os.sched_getaffinity(0)
+            return _real(*args)
+        monkeypatch.setattr(owner, attr, job)
+    return seen
+
+
+two_cpus = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to choose from")
+
+
+@two_cpus
+def test_beside_a_server_the_backup_keeps_to_one_cpu_and_gives_the_others_back(settings, monkeypatch):
+    ours = os.sched_getaffinity(0)
+    seen = _record_cpus(monkeypatch)
+    create.create_backup(settings, trigger="manual", progress=True, beside_server=True)
+    assert set(seen) == {"snapshot", "check", "sha"}
+    assert all(len(cpus) == 1 and cpus <= ours for cpus in seen.values()), seen
+    assert len({min(cpus) for cpus in seen.values()}) == 1, seen  # the same one for all
+    assert os.sched_getaffinity(0) == ours
+
+
+@two_cpus
+def test_with_no_server_the_backup_uses_every_cpu(settings, monkeypatch):
+    ours = os.sched_getaffinity(0)
+    seen = _record_cpus(monkeypatch)
+    create.create_backup(settings, trigger="start", locked=True)
+    assert seen == {"snapshot": ours, "check": ours, "sha": ours}
+
+
+@two_cpus
+def test_a_failed_backup_beside_a_server_gives_the_cpus_back(settings, monkeypatch):
+    ours = os.sched_getaffinity(0)
+
+    def fail(*_):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(snapshot, "_copy_db", fail)
+    with pytest.raises(BackupFailed, match="Input/output error"):
+        create.create_backup(settings, trigger="manual", beside_server=True)
+    assert os.sched_getaffinity(0) == ours
 
 
 @pytest.mark.parametrize("server", [True, False])
