@@ -46,6 +46,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "offsite.password_file": ((str, type(None)), None, "a file path"),
     "offsite.env_file": ((str, type(None)), None, "a file path"),
     "offsite.keep": ((dict, type(None)), None, "a mapping of last/daily/weekly/monthly to whole numbers >= 1"),
+    "offsite.lock_timeout": ((int, float), 120, "a number of seconds > 0"),
     "backup.interval": ((str, int, float, bool), "1d", "a duration such as 30m, 6h, 1d or seconds (>= 1), or 0/off"),
 }
 OFFSITE_KEEP_KINDS = ("last", "daily", "weekly", "monthly")
@@ -140,6 +141,11 @@ class Settings:
     @property
     def offsite_keep(self) -> dict | None:
         return self.values["offsite.keep"]
+
+    @property
+    def offsite_lock_timeout(self) -> float:
+        """How long a restic command waits for another restic's lock on the repository."""
+        return float(self.values["offsite.lock_timeout"])
 
     @property
     def base_url(self) -> str:

@@ -10,7 +10,8 @@ restic groups snapshots by host and path for `forget`, and finds its parent snap
 each bundle is backed up from one stable folder per project (`.offsite-stage/bundle` in the
 backup dir, filled with hard links): dedup and the keep policy then work across bundles, and
 the bundle's own name travels as a tag. kill -9 mid-push leaves at most a stale lock and unused
-data in the repository (restic writes the snapshot last); the next push clears the lock.
+data in the repository (restic writes the snapshot last); the next restic command we run clears
+the dead process's lock (restic.py).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def target_of(settings) -> restic.Target:
                                       "backend credentials"))
     if repo[0] not in "/~" and ":" not in repo.split("/")[0]:
         repo = str(base / repo)  # a relative local path: relative to sparkq.yml, as our other paths
-    return restic.Target(repo, password_file, env)
+    return restic.Target(repo, password_file, env, settings.offsite_lock_timeout)
 
 
 def _private_file(base: Path, given: str, key: str, holds: str) -> Path:
@@ -191,18 +192,15 @@ def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dic
 
 
 def _with_repair(runner, target, args: list[str]) -> str:
-    """Run restic; a repository that does not exist yet is initialised, and a stale lock (a push
-    killed mid-way) is cleared with `restic unlock`, which removes only locks of dead processes."""
+    """Run restic; a repository that does not exist yet is initialised (the runner itself clears
+    stale locks and waits for live ones)."""
     try:
         return restic.run(runner, target, args)
     except restic.ResticError as exc:
-        if exc.no_repo:
-            log.get().info("offsite_init", repository=target.shown)
-            restic.run(runner, target, ["init"])
-        elif exc.locked:
-            restic.run(runner, target, ["unlock"])
-        else:
+        if not exc.no_repo:
             raise
+        log.get().info("offsite_init", repository=target.shown)
+        restic.run(runner, target, ["init"])
     return restic.run(runner, target, args)
 
 

@@ -5,6 +5,11 @@ only knows how to call it. The policy (what to push, when, what to record) is in
 Secrets never go on a command line: the repository and the password file reach restic through
 RESTIC_REPOSITORY / RESTIC_PASSWORD_FILE, backend credentials through its environment, and any
 user:password in a repository URL is redacted before a message is shown or logged.
+
+A repository locked by another restic is waited for, as the supervisor lock is (locking.py):
+locks left by dead processes are cleared at once with `restic unlock` (which removes only
+those), a live holder (our own background push or its `forget --prune`, a user's restic) for up
+to `offsite.lock_timeout` seconds, saying so on stderr.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +49,7 @@ class Target:
     repository: str
     password_file: Path
     env: dict[str, str]  # backend credentials from offsite.env_file; values are secrets
+    lock_timeout: float = 120.0  # offsite.lock_timeout: how long to wait for another restic's lock
 
     @property
     def shown(self) -> str:
@@ -86,7 +94,42 @@ class ResticError(OffsiteFailed):
 
 def run(restic: Restic, target: Target, args: list[str], *, timeout: float | None = None,
         cwd: Path | None = None) -> str:
-    """Run `restic ARGS` against `target`; stdout on success, ResticError otherwise."""
+    """Run `restic ARGS` against `target`; stdout on success, ResticError otherwise.
+
+    A repository locked by another restic is waited for (see the module's docstring)."""
+    try:
+        return _run_once(restic, target, args, timeout=timeout, cwd=cwd)
+    except ResticError as exc:
+        if not exc.locked:
+            raise
+    _run_once(restic, target, ["unlock"])  # removes the locks of dead processes (a push killed mid-way)
+    return _retry_while_locked(restic, target, args, timeout=timeout, cwd=cwd)
+
+
+def _retry_while_locked(restic: Restic, target: Target, args: list[str], **kw) -> str:
+    """Run again until no live restic holds the repository, up to target.lock_timeout seconds."""
+    wait = target.lock_timeout
+    deadline = time.monotonic() + wait
+    delay = 0.0
+    while True:
+        try:
+            return _run_once(restic, target, args, **kw)
+        except ResticError as exc:
+            if not exc.locked:
+                raise
+        if time.monotonic() >= deadline:
+            raise ResticError(f"restic {args[0]} failed: the repository {target.shown} has been locked by "
+                              f"another restic for over {wait:.0f}s (offsite.lock_timeout); let it finish, or "
+                              "end it if it hangs, then try again", locked=True)
+        if not delay:  # said once, like a wait for the supervisor lock
+            print(f"sparkq: waiting for another restic to release its lock on {target.shown} "
+                  f"(giving up after {wait:.0f}s)", file=sys.stderr, flush=True)
+        delay = min(delay * 2 or 0.5, 5.0)
+        time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+
+
+def _run_once(restic: Restic, target: Target, args: list[str], *, timeout: float | None = None,
+              cwd: Path | None = None) -> str:
     # Ours replace whatever names a repository or a password in the caller's environment.
     env = {k: v for k, v in os.environ.items() if k not in _REPLACED}
     env.update(target.env)

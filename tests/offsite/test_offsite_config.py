@@ -22,6 +22,13 @@ def test_keep_policy_is_checked(project):
     assert project.cli("backup-list", "--offsite").returncode == 2
 
 
+def test_lock_timeout_is_checked(project):
+    for bad_value in ("0", "-5", "soon"):
+        project.write_config(f"offsite:\n  repository: /tmp/x\n  lock_timeout: {bad_value}\n")
+        bad = project.cli("backup-list", "--offsite")
+        assert bad.returncode == 2 and "'offsite.lock_timeout' must be a number of seconds > 0" in bad.stderr
+
+
 def test_missing_password_file_says_what_to_do(project, tmp_path):
     project.write_config(f"offsite:\n  repository: {tmp_path / 'repo'}\n  password_file: {tmp_path / 'nope'}\n")
     out = project.cli("backup-list", "--offsite")

@@ -69,13 +69,13 @@ def test_verify_tells_a_damaged_repository_from_an_unreachable_one(hermetic_cach
     assert bad_index.returncode == 5 and "LoadIndex" in bad_index.stdout, bad_index.stdout + bad_index.stderr
     with open(index, "wb") as fh:
         fh.write(intact)
-    holder = subprocess.Popen(["restic", "backup", "--stdin"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "RESTIC_REPOSITORY": local_repo,
-                                                               "RESTIC_PASSWORD_FILE": str(password_file)})
-    try:  # a backup in progress holds a lock: check cannot take its exclusive one
-        wait_until(lambda: os.listdir(os.path.join(local_repo, "locks")), timeout=30, what="restic's lock")
+    offsite_config(project, local_repo, password_file, "  lock_timeout: 1\n")
+    holder = _restic_holder(project, local_repo, password_file, "backup", "--stdin")
+    try:  # a backup in progress holds a lock: check cannot take its exclusive one, and gives up
         locked = project.cli("backup-verify", "--offsite")
-        assert locked.returncode == 1 and "locked" in locked.stderr, locked.stdout + locked.stderr
+        assert locked.returncode == 1, locked.stdout + locked.stderr
+        waited, gave_up = locked.stderr.strip().splitlines()
+        assert "waiting for another restic" in waited and "locked" in gave_up and "over 1s" in gave_up, locked.stderr
     finally:
         holder.kill()
         holder.wait(timeout=10)
@@ -84,6 +84,58 @@ def test_verify_tells_a_damaged_repository_from_an_unreachable_one(hermetic_cach
     gone = project.cli("backup-verify", "--offsite")
     assert gone.returncode == 1, gone.stdout + gone.stderr
     assert len(gone.stderr.strip().splitlines()) == 1 and "Traceback" not in gone.stderr
+
+
+def _restic_holder(project, repo: str, password_file, *args: str) -> subprocess.Popen:
+    """A restic of the user's own, running against the repository, once its lock is there."""
+    locks = os.path.join(repo, "locks")
+    before = set(os.listdir(locks))
+    holder = project.popen("restic", *args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env={"RESTIC_REPOSITORY": repo,
+                                                           "RESTIC_PASSWORD_FILE": str(password_file)})
+    wait_until(lambda: set(os.listdir(locks)) - before, timeout=30, what="the holder's restic lock")
+    return holder
+
+
+def test_commands_wait_for_a_live_restic_lock(hermetic_cache, local_repo, password_file, tmp_path):
+    """A listing while another restic holds the repository exclusively (the background push's
+    `forget --prune`, a user's `check`) waits for it, says so, and then succeeds."""
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    assert project.cli("backup").returncode == 0
+    holder = _restic_holder(project, local_repo, password_file, "check")
+    holder.send_signal(signal.SIGSTOP)  # alive and holding its exclusive lock, for as long as we like
+    err = tmp_path / "list.err"
+    try:
+        with open(err, "w") as fh:
+            lister = project.popen(str(SPARKQ_BIN), "backup-list", "--offsite", "--json",
+                                   stdout=subprocess.PIPE, stderr=fh, text=True)
+        wait_until(lambda: "waiting for another restic" in err.read_text(), timeout=30,
+                   what="the listing to say it waits")
+        assert lister.poll() is None
+        holder.send_signal(signal.SIGCONT)
+        out, _ = lister.communicate(timeout=60)
+        assert lister.returncode == 0, err.read_text()
+        assert [s["trigger"] for s in json.loads(out)["snapshots"]] == ["manual"]
+        assert holder.wait(timeout=60) == 0
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
+def test_a_dead_restics_lock_is_cleared_by_any_command(hermetic_cache, local_repo, password_file):
+    """A restic killed with -9 (a push, a user's backup) leaves its lock behind: a check after it
+    clears that lock at once, not only the next push."""
+    project = hermetic_cache
+    _setup(project, local_repo, password_file)
+    assert project.cli("backup").returncode == 0
+    holder = _restic_holder(project, local_repo, password_file, "backup", "--stdin")
+    holder.kill()
+    holder.wait(timeout=10)
+    assert os.listdir(os.path.join(local_repo, "locks"))
+    verified = project.cli("backup-verify", "--offsite")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "waiting" not in verified.stderr
 
 
 def test_unchanged_bundle_dedups(hermetic_cache, local_repo, password_file):
@@ -107,7 +159,10 @@ def test_start_pushes_in_the_background(hermetic_cache, local_repo, password_fil
             info = json.loads(project.cli("status", "--json").stdout)["offsite"]
             return info["pending"] == 0 and info["last_push_at"]
         wait_until(pushed, timeout=60, what="the background push after start")
-        snaps = json.loads(project.cli("backup-list", "--offsite", "--json").stdout)["snapshots"]
+        # The push may still be running its first `forget --prune`: the listing waits for it.
+        listed = project.cli("backup-list", "--offsite", "--json")
+        assert listed.returncode == 0, listed.stderr
+        snaps = json.loads(listed.stdout)["snapshots"]
         assert [s["trigger"] for s in snaps] == ["start"]
     finally:
         project.cli("stop")
