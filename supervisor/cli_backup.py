@@ -189,7 +189,7 @@ def backup_restore(
         ref = fetch(settings, ref)  # now a verified local bundle; the normal path from here
     plans: list = []
     result = restore.restore_backup(settings, ref, scope=scope.value, tables=table_list,
-                                    confirm=_confirmer(yes, plans, show=not as_json))
+                                    confirm=_confirmer(yes, plans, show=not as_json), asks=not yes)
     if as_json:
         print(json.dumps({"plan": plans[0].to_dict(), **result.to_dict()}, indent=2, default=str))
     else:

@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -186,14 +187,18 @@ def write_bundle(
     prefix: str = PREFIX,
     link_db: bool = False,
     progress: bool = False,
+    before_publish: Callable[[], None] | None = None,
 ) -> Path:
     """Build one bundle and publish it; returns its final path.
 
     `link_db` hard-links the live DB instead of snapshotting it (restore's pre-restore copy, taken
     while the server is down and the DB checkpointed): only safe for a caller that holds the
     supervisor lock exclusively. A DB with a non-empty -wal beside it is snapshotted anyway.
+    `before_publish` runs once the bundle is complete, before it is published; if it raises,
+    the bundle is removed unpublished (restore waits there for the backup's verification).
     """
-    return _write_bundle(settings, trigger=trigger, prefix=prefix, link_db=link_db, progress=progress)[0]
+    return _write_bundle(settings, trigger=trigger, prefix=prefix, link_db=link_db, progress=progress,
+                         before_publish=before_publish)[0]
 
 
 # --- building a bundle ------------------------------------------------------------------------
@@ -204,7 +209,8 @@ def _now() -> datetime:
 
 
 def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progress: bool,
-                  baseline=None, beside_server: bool = False) -> tuple[Path, dict]:
+                  baseline=None, beside_server: bool = False,
+                  before_publish: Callable[[], None] | None = None) -> tuple[Path, dict]:
     paths = settings.paths
     backup_dir = paths.backup_dir
     started = time.monotonic()
@@ -227,6 +233,8 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
         }
         _write_private(tmp / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
         fsync_dir(tmp)
+        if before_publish is not None:
+            before_publish()
         final = publish.publish(tmp, backup_dir, name)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

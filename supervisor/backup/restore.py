@@ -4,7 +4,8 @@ The order matters, and every step before the pre-restore bundle can stop the who
 nothing touched: refuse while the database is in use -> resolve the backup and check the scope
 against it -> verify what the scope restores -> show the plan and ask -> take the supervisor lock
 and check that nothing changed since the plan was shown -> save the current state as a
-`sparkq_preRestore_*` bundle (the database's temp copy is written meanwhile, staging.py) ->
+`sparkq_preRestore_*` bundle (the database's temp copy is written meanwhile, staging.py; with
+--yes the backup's verification too, and the bundle is published only after it passed) ->
 place each file by temp copy + fsync + rename (database first, then sparkq.yml, then .env). A crash at any moment leaves each target whole, old or new, and a
 failure or Ctrl-C while placing puts back what was already placed (staging.py). `--tables` instead merges
 rows of the backup's configuration tables into the live database (merge.py).
@@ -19,8 +20,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,9 +35,9 @@ from . import history, staging
 from .catalog import resolve
 from .dbfiles import checkpoint, db_holder
 from .history import unshare_pre_restore
-from .layout import DB_NAME, PRE_RESTORE_PREFIX
+from .layout import DB_NAME, PRE_RESTORE_PREFIX, WAL, sidecar
 from .restore_plan import (
-    SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real,
+    SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real, verify_whole,
 )
 
 _SCOPE_FLAG = {
@@ -90,8 +92,12 @@ def restore_backup(
     scope: str = "full",
     tables: list[str] | None = None,
     confirm: Callable[[Plan], bool],
+    asks: bool = True,
 ) -> RestoreResult:
-    """Restore `ref` (a backup-list number or a backup name). See the module docstring."""
+    """Restore `ref` (a backup-list number or a backup name). See the module docstring.
+
+    `asks`: `confirm` puts a question to a person. A restore of the database that asks nobody
+    (--yes) verifies the backup under the lock, beside the pre-restore bundle (`_Verifying`)."""
     from ..locking import file_lock
 
     if scope not in SCOPES:
@@ -100,10 +106,11 @@ def restore_backup(
         tables = check_tables(tables)
     paths = settings.paths
     phases = _Phases()
+    verify_beside = not asks and tables is None and scope in ("full", "db")
     try:
         _unshare_first(settings)
-        with phases("verify"):
-            entry, plan = _prepare(settings, ref, scope, tables)  # verifying a large backup takes a while
+        with phases("plan" if verify_beside else "verify"):  # verifying a large backup takes a while
+            entry, plan = _prepare(settings, ref, scope, tables, verify=not verify_beside)
         answer = confirm(plan)
     except KeyboardInterrupt:
         raise Interrupted("restore interrupted before anything was changed") from None
@@ -122,7 +129,8 @@ def restore_backup(
             if tables:
                 result = _merge(settings, entry, tables, plan)
             else:
-                result = _place_all(settings, entry, scope, plan, phases)
+                verifying = _Verifying(entry).start() if verify_beside else None
+                result = _place_all(settings, entry, scope, plan, phases, verifying)
             history.record_restore(_paths_after(paths, plan.steps), entry)  # retention spares it
         log.get().info("restore_phases", **phases.seconds)  # `-v` shows where the time went
         return result
@@ -149,14 +157,15 @@ def _unshare_first(settings) -> None:
         unshare_pre_restore(settings)
 
 
-def _prepare(settings, ref: str, scope: str, tables: list[str] | None):
-    """Everything that only reads: refusals, the backup, its verification, the plan."""
+def _prepare(settings, ref: str, scope: str, tables: list[str] | None, *, verify: bool = True):
+    """Everything that only reads: refusals, the backup, its verification (unless the caller
+    verifies later), the plan."""
     paths = settings.paths
     _refuse_if_in_use(paths, [])
     entry = resolve(settings, ref)
     if tables and entry.db_file is None:
         raise UsageError(f"backup {entry.name} has no sparkq.db to merge tables from; pick another backup")
-    plan = build_plan(entry, scope, tables, paths)
+    plan = build_plan(entry, scope, tables, paths, verify=verify)
     plan.warnings[:0] = history.origin_warnings(entry, settings)  # another project, DB path or host
     _refuse_if_in_use(paths, plan.steps)  # a target the restored config moves the DB to
     plan.fingerprint = fingerprint(entry, plan.steps, paths)
@@ -196,24 +205,81 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
 # --- step 5: keep the current state -----------------------------------------------------------
 
 
-def _pre_restore(settings, *, link: bool) -> tuple[Path, str, list[str]]:
+def _pre_restore(settings, *, link: bool, verifying: "_Verifying | None" = None) -> tuple[Path, str, list[str]]:
     """Write the sparkq_preRestore_* bundle; returns (its path, how it holds the DB, notes).
 
     `link`: the live DB is about to be replaced, so first make it stand alone (checkpoint) and
     let the bundle take it by hard link instead of a copy.
+    `verifying`: the backup's verification, still running. Until it passes nothing of the user's
+    may change: the bundle is published only then; a live DB with WAL frames (which the
+    checkpoint, or the snapshot's closing connection, folds in) waits for it first; and if it
+    fails, the live DB gets back the mode the hard link gave it.
     """
     from . import create
 
     notes: list[str] = []
     db = real(settings.paths.db)
     link = link and db.exists()
-    if link:
-        problem = checkpoint(db)
-        if problem:
-            notes.append(f"the current database could not be checkpointed ({problem}); "
-                         "it is kept as it was in the pre-restore bundle")
-    path = Path(create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=link))
+    mode = os.stat(db).st_mode & 0o7777 if link else None
+    wait = verifying.wait if verifying is not None else None
+    try:
+        if wait is not None and _has_wal_frames(db):
+            wait()
+        if link:
+            problem = checkpoint(db)
+            if problem:
+                notes.append(f"the current database could not be checkpointed ({problem}); "
+                             "it is kept as it was in the pre-restore bundle")
+        path = Path(create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=link,
+                                        before_publish=wait))
+    except BaseException:
+        if mode is not None and wait is not None:
+            with suppress(OSError):
+                os.chmod(db, mode)  # the link is gone with the unpublished bundle; so is its chmod
+        raise
     return path, _how_kept(db, path / DB_NAME, link), notes
+
+
+def _has_wal_frames(db: Path) -> bool:
+    try:
+        return sidecar(db, WAL).stat().st_size > 0
+    except OSError:
+        return False
+
+
+class _Verifying:
+    """The backup's verification in a thread, beside the pre-restore bundle and the staged copy.
+
+    Used when nobody is asked (--yes): there is no answer to wait for, so the lock is taken at
+    once and the two integrity checks and hashes (the backup's, the live DB's) share the CPUs
+    instead of running one after the other; at 1 GiB that is most of a restore's time. The order
+    that keeps a restore safe holds: `wait` is called before anything of the user's changes (the
+    bundle's publication, a WAL's checkpoint), and the restore stops there if the backup fails.
+    """
+
+    def __init__(self, entry) -> None:
+        self.entry = entry
+        self.seconds = 0.0
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sparkq-restore-verify", daemon=True)
+
+    def start(self) -> "_Verifying":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            verify_whole(self.entry)
+        except BaseException as exc:  # noqa: BLE001 - raised in the restoring thread by wait()
+            self._error = exc
+        self.seconds = round(time.perf_counter() - started, 3)
+
+    def wait(self) -> None:
+        """Block until the verification is done; raise what it found."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _how_kept(live: Path, kept: Path, link: bool) -> str:
@@ -230,18 +296,22 @@ def _how_kept(live: Path, kept: Path, link: bool) -> str:
 # --- step 6: placing files --------------------------------------------------------------------
 
 
-def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases) -> RestoreResult:
+def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
+               verifying: _Verifying | None = None) -> RestoreResult:
     paths = settings.paths
     steps = plan.steps
     live_db = real(paths.db)
     staged = staging.stage_db(steps)  # copies while the pre-restore bundle is written; placed after it
     try:
         with phases("pre_restore"):
-            pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths))
+            pre_path, how, notes = _pre_restore(settings, link=links_live_db(steps, paths), verifying=verifying)
     except BaseException:
         if staged is not None:
             staged.discard()
-        raise
+        raise  # a verification still running reads only the backup: nothing to wait for
+    if verifying is not None:
+        verifying.wait()  # done already: the bundle was published after it passed
+        phases.seconds["verify"] = verifying.seconds
     if how == "copy" and plan.pre_restore_db == "hard link":
         notes.append("the current database was copied into the pre-restore bundle, not hard-linked "
                      "(linking was refused there)")

@@ -25,11 +25,13 @@ SCOPES = ("full", "db", "config", "yml", "env", "templates")
 MERGE_TABLES = ("config", "prompts", "agent_roles", "task_classes", "tools", "projects")
 
 
-def build_plan(entry, scope: str, tables: list[str] | None, paths) -> "Plan":
+def build_plan(entry, scope: str, tables: list[str] | None, paths, *, verify: bool = True) -> "Plan":
     """The plan for restoring `scope` (or merging `tables`) of `entry`; raises when the backup
-    lacks what is asked for or fails verification."""
+    lacks what is asked for or (with `verify`) fails verification. A caller that passes
+    `verify=False` runs `verify_whole` itself before anything changes (restore.py)."""
     steps, notes, warnings = ([], [], []) if tables else _steps(entry, scope, paths)
-    notes += _verify(entry, scope, tables, steps)
+    if verify:
+        notes += _verify(entry, scope, tables, steps)
     plan = _plan(entry, scope, tables, steps, notes, paths)
     plan.warnings = warnings
     return plan
@@ -228,7 +230,7 @@ def _verify(entry, scope: str, tables, steps: list[Step]) -> list[str]:
     from . import verify
 
     if tables or scope in ("full", "db"):
-        _raise_if(entry, verify.verify_entry(entry))
+        verify_whole(entry)
         return []
     manifest = entry.manifest or {}
     checksums = manifest.get("checksums") or {}
@@ -242,6 +244,13 @@ def _verify(entry, scope: str, tables, steps: list[Step]) -> list[str]:
         unchecked.append(f"the checksums of {', '.join(without)} (the manifest has none for them)")
     unchecked.append("the database (this restore does not touch it)")
     return [f"not checked: {'; '.join(unchecked)}"]
+
+
+def verify_whole(entry) -> None:
+    """Every check of the backup (what a restore of its database needs); VerificationFailed if one fails."""
+    from . import verify
+
+    _raise_if(entry, verify.verify_entry(entry))
 
 
 def _raise_if(entry, problems: list[str]) -> None:

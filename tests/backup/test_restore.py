@@ -23,6 +23,7 @@ from supervisor import config
 from supervisor.backup import catalog, create, restore, staging
 from supervisor.backup.entry import Entry
 from supervisor.errors import InUse, SparkqError, UsageError, VerificationFailed
+from supervisor.fsutil import temp_of
 
 CUSTOM = ("prm_custom0000000001", "my-custom", "Mine", "custom template text")
 
@@ -101,8 +102,13 @@ def _yes(plans: list | None = None):
     return confirm
 
 
-def _restore(ref="1", scope="full", tables=None, plans=None):
-    return restore.restore_backup(_settings(), ref, scope=scope, tables=tables, confirm=_yes(plans))
+def _restore(ref="1", scope="full", tables=None, plans=None, asks=True):
+    return restore.restore_backup(_settings(), ref, scope=scope, tables=tables, confirm=_yes(plans), asks=asks)
+
+
+# A restore that asks verifies before the question; one that does not (--yes) verifies under the
+# lock, beside the pre-restore bundle. Both must leave everything as it was when the backup fails.
+ASKS = pytest.mark.parametrize("asks", [True, False], ids=["verified-first", "verified-beside"])
 
 
 @pytest.fixture
@@ -301,7 +307,17 @@ def test_refused_while_another_process_holds_the_db(seeded, reaper, how):
     assert _pre_restores() == []
 
 
-def test_corrupted_bundle_db_is_refused_before_any_change(seeded):
+def _live_state(project) -> dict:
+    """Every byte, mode and link count of the live files a restore could touch."""
+    files = [project.db, Path(f"{project.db}-wal"), project.config, project.root / ".env"]
+    state = {p.name: (_sha(p), stat.S_IMODE(p.stat().st_mode), p.stat().st_nlink) for p in files if p.exists()}
+    state["temps"] = sorted(n for n in os.listdir(project.db.parent) if temp_of(n))
+    return state
+
+
+@ASKS
+@pytest.mark.parametrize("wal", [False, True], ids=["checkpointed", "wal-frames"])
+def test_corrupted_bundle_db_is_refused_before_any_change(seeded, asks, wal):
     project, entry = seeded
     db = entry.path / "sparkq.db"
     data = bytearray(db.read_bytes())
@@ -309,13 +325,17 @@ def test_corrupted_bundle_db_is_refused_before_any_change(seeded):
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
     db.write_bytes(bytes(data))
     project.config.write_text("# changed\n")
-    live = _sha(project.db)
-    with pytest.raises(VerificationFailed, match="sparkq.db") as err:
-        _restore()
+    os.chmod(project.db, 0o640)  # a hard link into the pre-restore bundle makes the inode 0600
+    if wal:  # a checkpoint (or a snapshot's last close) would fold it in
+        _write_and_die(project.db, ["INSERT INTO config (namespace, key) VALUES ('wal', 'only')"])
+    before = _live_state(project)
+    with pytest.raises(VerificationFailed, match="sparkq.db.*nothing was changed") as err:
+        _restore(asks=asks)
     assert err.value.exit_code == 5
-    assert _sha(project.db) == live
+    assert _live_state(project) == before
     assert project.config.read_text() == "# changed\n"
     assert _pre_restores() == []
+    assert not [n for n in os.listdir(project.backup_dir) if temp_of(n)], "a half-written bundle was left"
 
 
 def test_cancelled_confirmation_changes_nothing(seeded):
@@ -370,14 +390,15 @@ def _write_and_die(db: Path, statements: list[str]) -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_stale_wal_of_the_live_db_never_meets_the_restored_db(seeded):
+@ASKS
+def test_stale_wal_of_the_live_db_never_meets_the_restored_db(seeded, asks):
     project, _entry = seeded
     backup_prompts = _rows(project.db, "prompts")
     _write_and_die(project.db, ["DELETE FROM prompts", "INSERT INTO config (namespace, key) VALUES ('wal', 'only')"])
     wal = Path(str(project.db) + "-wal")
     assert wal.stat().st_size > 0
 
-    result = _restore(scope="db")
+    result = _restore(scope="db", asks=asks)
 
     assert not wal.exists() or wal.stat().st_size == 0
     assert _live_rows(project.db, "prompts") == backup_prompts
