@@ -205,7 +205,7 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
 # --- step 5: keep the current state -----------------------------------------------------------
 
 
-def _pre_restore(settings, *, link: bool, verifying: "_Verifying | None" = None) -> tuple[Path, str, list[str]]:
+def _pre_restore(settings, *, link: bool, verifying: _Verifying | None = None) -> tuple[Path, str, list[str]]:
     """Write the sparkq_preRestore_* bundle; returns (its path, how it holds the DB, notes).
 
     `link`: the live DB is about to be replaced, so first make it stand alone (checkpoint) and
