@@ -34,7 +34,9 @@ _URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):(
 _NO_REPO = ("Is there a repository at the following location?", "repository does not exist")
 _REPLACED = {"RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE",
              "RESTIC_PASSWORD_COMMAND"}
-_LOCKED = ("repository is already locked", "unable to create lock", "failed to lock")
+# A lock another restic holds (restic 0.14 to 0.17 say it this way). Other failures to create a
+# lock (permissions, a read-only backend) are not waited for: their own message says more.
+_LOCKED = re.compile(r"already locked(?: exclusively)?(?: by (?P<holder>[^\n]*))?")
 
 
 def redact(text: str) -> str:
@@ -117,10 +119,10 @@ def _retry_while_locked(restic: Restic, target: Target, args: list[str], **kw) -
         except ResticError as exc:
             if not exc.locked:
                 raise
+            last = exc
         if time.monotonic() >= deadline:
-            raise ResticError(f"restic {args[0]} failed: the repository {target.shown} has been locked by "
-                              f"another restic for over {wait:.0f}s (offsite.lock_timeout); let it finish, or "
-                              "end it if it hangs, then try again", locked=True)
+            raise ResticError(f"{last} for over {wait:.0f}s (offsite.lock_timeout); let it finish, or end it "
+                              "if it hangs, then try again", locked=True)
         if not delay:  # said once, like a wait for the supervisor lock
             print(f"sparkq: waiting for another restic to release its lock on {target.shown} "
                   f"(giving up after {wait:.0f}s)", file=sys.stderr, flush=True)
@@ -166,13 +168,15 @@ def _error(command: str, stderr: str, code: int, target: Target) -> ResticError:
     text = redact(stderr)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     no_repo = any(marker in text for marker in _NO_REPO)
-    locked = any(marker in text for marker in _LOCKED)
+    held = _LOCKED.search(text)
+    locked = held is not None
     if "wrong password" in text:
         why = f"wrong password for {target.shown} (the password file {target.password_file} does not open it)"
     elif no_repo:
         why = f"no restic repository at {target.shown}"
-    elif locked:
-        why = f"the repository {target.shown} is locked by another restic"
+    elif held is not None:
+        by = f" ({held['holder'].strip()})" if held["holder"] else ""
+        why = f"the repository {target.shown} is locked by another restic{by}"
     else:
         fatal = [ln for ln in lines if ln.lower().startswith("fatal")]
         why = (fatal or lines or [f"exit status {code}"])[-1].removeprefix("Fatal: ")

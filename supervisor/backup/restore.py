@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Callable
 
 from .. import log
-from ..errors import InUse, Interrupted, SparkqError, UsageError
+from ..errors import InUse, Interrupted, SparkqError, UsageError, VerificationFailed
 from ..fsutil import temp_of
 from ..interrupts import sigterm_unwinds
 from . import history, staging
 from .catalog import resolve
 from .dbfiles import checkpoint, db_holder
 from .history import unshare_pre_restore
-from .layout import DB_NAME, PRE_RESTORE_PREFIX, WAL, sidecar
+from .layout import DB_NAME, JOURNAL, PRE_RESTORE_PREFIX, WAL, sidecar
 from .restore_plan import (
     SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real, verify_whole,
 )
@@ -211,9 +211,9 @@ def _pre_restore(settings, *, link: bool, verifying: _Verifying | None = None) -
     `link`: the live DB is about to be replaced, so first make it stand alone (checkpoint) and
     let the bundle take it by hard link instead of a copy.
     `verifying`: the backup's verification, still running. Until it passes nothing of the user's
-    may change: the bundle is published only then; a live DB with WAL frames (which the
-    checkpoint, or the snapshot's closing connection, folds in) waits for it first; and if it
-    fails, the live DB gets back the mode the hard link gave it.
+    may change: the bundle is published only then; a live DB with a -wal or -journal (which the
+    checkpoint or a snapshot would fold in or roll back) waits for it first; and if it fails,
+    the live DB gets back the mode the hard link gave it.
     """
     from . import create
 
@@ -223,7 +223,7 @@ def _pre_restore(settings, *, link: bool, verifying: _Verifying | None = None) -
     mode = os.stat(db).st_mode & 0o7777 if link else None
     wait = verifying.wait if verifying is not None else None
     try:
-        if wait is not None and _has_wal_frames(db):
+        if wait is not None and _has_log(db):
             wait()
         if link:
             problem = checkpoint(db)
@@ -240,11 +240,10 @@ def _pre_restore(settings, *, link: bool, verifying: _Verifying | None = None) -
     return path, _how_kept(db, path / DB_NAME, link), notes
 
 
-def _has_wal_frames(db: Path) -> bool:
-    try:
-        return sidecar(db, WAL).stat().st_size > 0
-    except OSError:
-        return False
+def _has_log(db: Path) -> bool:
+    """A -wal or -journal beside the live DB: opening it (the checkpoint, a snapshot) folds the
+    WAL in or rolls the journal back. A server stopped cleanly leaves neither."""
+    return any(sidecar(db, suffix).exists() for suffix in (WAL, JOURNAL))
 
 
 class _Verifying:
@@ -271,6 +270,11 @@ class _Verifying:
         started = time.perf_counter()
         try:
             verify_whole(self.entry)
+        except SparkqError as exc:
+            self._error = exc
+        except Exception as exc:  # noqa: BLE001 - else the bundle writer would report it as its own
+            self._error = VerificationFailed(f"backup {self.entry.name} could not be verified ({exc}); nothing "
+                                             "was changed; check that its files can be read, then retry")
         except BaseException as exc:  # noqa: BLE001 - raised in the restoring thread by wait()
             self._error = exc
         self.seconds = round(time.perf_counter() - started, 3)
@@ -309,8 +313,7 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
         if staged is not None:
             staged.discard()
         raise  # a verification still running reads only the backup: nothing to wait for
-    if verifying is not None:
-        verifying.wait()  # done already: the bundle was published after it passed
+    if verifying is not None:  # done: the bundle was published after it passed
         phases.seconds["verify"] = verifying.seconds
     if how == "copy" and plan.pre_restore_db == "hard link":
         notes.append("the current database was copied into the pre-restore bundle, not hard-linked "

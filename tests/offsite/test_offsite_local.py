@@ -75,7 +75,8 @@ def test_verify_tells_a_damaged_repository_from_an_unreachable_one(hermetic_cach
         locked = project.cli("backup-verify", "--offsite")
         assert locked.returncode == 1, locked.stdout + locked.stderr
         waited, gave_up = locked.stderr.strip().splitlines()
-        assert "waiting for another restic" in waited and "locked" in gave_up and "over 1s" in gave_up, locked.stderr
+        assert "waiting for another restic" in waited and "over 1s" in gave_up, locked.stderr
+        assert f"locked by another restic (PID {holder.pid} " in gave_up, locked.stderr
     finally:
         holder.kill()
         holder.wait(timeout=10)
@@ -103,8 +104,9 @@ def test_commands_wait_for_a_live_restic_lock(hermetic_cache, local_repo, passwo
     project = hermetic_cache
     _setup(project, local_repo, password_file)
     assert project.cli("backup").returncode == 0
-    holder = _restic_holder(project, local_repo, password_file, "check")
-    holder.send_signal(signal.SIGSTOP)  # alive and holding its exclusive lock, for as long as we like
+    # `key passwd` holds an exclusive lock while it reads the new password from stdin; at end of
+    # input it gives up ("an empty password is not a password") and changes nothing.
+    holder = _restic_holder(project, local_repo, password_file, "key", "passwd")
     err = tmp_path / "list.err"
     try:
         with open(err, "w") as fh:
@@ -113,11 +115,11 @@ def test_commands_wait_for_a_live_restic_lock(hermetic_cache, local_repo, passwo
         wait_until(lambda: "waiting for another restic" in err.read_text(), timeout=30,
                    what="the listing to say it waits")
         assert lister.poll() is None
-        holder.send_signal(signal.SIGCONT)
+        holder.stdin.close()
+        assert holder.wait(timeout=30) == 1
         out, _ = lister.communicate(timeout=60)
         assert lister.returncode == 0, err.read_text()
         assert [s["trigger"] for s in json.loads(out)["snapshots"]] == ["manual"]
-        assert holder.wait(timeout=60) == 0
     finally:
         holder.kill()
         holder.wait(timeout=10)
@@ -136,6 +138,7 @@ def test_a_dead_restics_lock_is_cleared_by_any_command(hermetic_cache, local_rep
     verified = project.cli("backup-verify", "--offsite")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "waiting" not in verified.stderr
+    assert not os.listdir(os.path.join(local_repo, "locks"))
 
 
 def test_unchanged_bundle_dedups(hermetic_cache, local_repo, password_file):
