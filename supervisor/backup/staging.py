@@ -36,8 +36,10 @@ class StagedCopy:
         self.seconds: dict[str, float] = {}  # copy and fsync, measured in the thread
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="sparkq-restore-copy", daemon=True)
+        self._made: list[Path] = []  # folders start() created for the target (a moved database.path)
 
     def start(self) -> "StagedCopy":
+        self._made = _missing_folders(self.target.parent)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.target)
         self._thread.start()
@@ -66,10 +68,25 @@ class StagedCopy:
         fsync_dir(self.target.parent)
 
     def discard(self) -> None:
-        """Wait for the thread and remove the temp file if it was not placed."""
+        """Wait for the thread, remove the temp file if it was not placed, and the folders made
+        for it: a restore that stops here (a backup that failed its verification) changed nothing."""
         if self._thread.ident is not None:  # started
             self._thread.join()
         self.tmp.unlink(missing_ok=True)
+        for folder in self._made:  # deepest first; one that is not empty stays, and so its parents
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def stage_db(steps: list[Step]) -> StagedCopy | None:

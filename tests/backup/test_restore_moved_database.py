@@ -5,6 +5,7 @@ plan shows both paths, the database goes where the restored config looks for it,
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import urllib.request
 from pathlib import Path
@@ -76,3 +77,22 @@ def test_config_only_says_which_database_the_server_will_use(project):
     out = ok(project.cli("backup-restore", "1", "--config-only", "--yes"))
     assert f"after this restore the server uses {old}" in out.stdout
     assert "--db-only" in out.stdout
+
+
+def test_a_failed_verification_leaves_no_folder_for_the_moved_db(project):
+    """With --yes the copy into the new place starts beside the verification; when the backup
+    then fails it, the folders made for that copy go too: nothing was changed, as the error says."""
+    old = _backup_with_db_at(project, "other/deeper/place.db")
+    shutil.rmtree(project.root / "other")
+    bundle_db = next(project.backup_dir.glob("sparkq_*/sparkq.db"))
+    data = bytearray(bundle_db.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
+    bundle_db.write_bytes(bytes(data))
+    before = live_state(project)
+
+    proc = project.cli("backup-restore", "1", "--yes")
+    line = one_line_error(proc, codes={5})
+    assert "nothing was changed" in line
+    assert not (project.root / "other").exists()
+    assert live_state(project) == before
