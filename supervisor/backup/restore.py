@@ -116,8 +116,11 @@ def restore_backup(
         raise Interrupted("restore interrupted before anything was changed") from None
     if not answer:
         raise SparkqError("restore cancelled; nothing changed")
+    done: RestoreResult | None = None
     try:
-        with phases("lock"), file_lock(paths.lockfile):
+        # SIGTERM (a service manager, `timeout`) unwinds like Ctrl-C from here on: a half-written
+        # pre-restore bundle, a staged copy or a hard link's mode must not be left behind.
+        with phases("lock"), file_lock(paths.lockfile), sigterm_unwinds():
             # The answer may have come minutes later: what the plan showed must still be so.
             _refuse_if_in_use(paths, plan.steps)
             if fingerprint(entry, plan.steps, paths) != plan.fingerprint:
@@ -131,10 +134,15 @@ def restore_backup(
             else:
                 verifying = _Verifying(entry).start() if verify_beside else None
                 result = _place_all(settings, entry, scope, plan, phases, verifying)
+            done = result
             history.record_restore(_paths_after(paths, plan.steps), entry)  # retention spares it
         log.get().info("restore_phases", **phases.seconds)  # `-v` shows where the time went
         return result
     except KeyboardInterrupt:
+        if done is not None:  # everything was in place already: say so, not "nothing changed"
+            raise Interrupted(f"interrupted after the restore was complete: everything listed was restored "
+                              f"from {entry.name}; the previous state is kept in {done.pre_restore} "
+                              f"(undo: {done.undo})") from None
         # Waiting for the lock or writing the pre-restore bundle (placing files has its own
         # roll-back and message): say so in one line, not a trace.
         _remove_own_temps(paths.backup_dir)
@@ -233,7 +241,7 @@ def _pre_restore(settings, *, link: bool, verifying: _Verifying | None = None) -
         path = Path(create.write_bundle(settings, trigger="pre-restore", prefix=PRE_RESTORE_PREFIX, link_db=link,
                                         before_publish=wait))
     except BaseException:
-        if mode is not None and wait is not None:
+        if mode is not None:
             with suppress(OSError):
                 os.chmod(db, mode)  # the link is gone with the unpublished bundle; so is its chmod
         raise
@@ -321,13 +329,14 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
     placed: list[Step] = []
     where = steps[0].target if steps else None
     try:
-        with sigterm_unwinds():
-            for step in steps:
-                where = step.target
-                with phases("place"):
-                    staging.place(step, staged)
-                placed.append(step)
-    except BaseException as exc:  # Ctrl-C (and SIGTERM, see the CLI) roll back too
+        for step in steps:
+            where = step.target
+            # Listed before it is placed: an interrupt between its rename and the next line must
+            # roll it back too. Rolling back a step not yet placed puts back what is there.
+            placed.append(step)
+            with phases("place"):
+                staging.place(step, staged)
+    except BaseException as exc:  # Ctrl-C (and SIGTERM, see restore_backup) roll back too
         if staged is not None:
             staged.discard()
         staging.roll_back(placed, pre_path, live_db)
