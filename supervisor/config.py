@@ -1,8 +1,10 @@
 """Locate the project, load and validate `sparkq.yml`, resolve paths and environment overrides.
 
 A malformed file or a wrong type fails with one line naming the file, the key path (or the YAML
-line) and what was expected. Unknown keys only warn. Recovery commands load leniently: with the
-file missing or broken they fall back to the default paths and say so in one line.
+line) and what was expected. Unknown keys only warn. Recovery commands (stop, status, the backup
+listings and restores) load leniently and say so in one line: a bad value keeps its key's default
+and every other key its value, so a typo in a timeout does not hide a server started with another
+database.path; a file missing or not YAML falls back to the default paths.
 
 Reading the file (YAML and its JSON cache) is config_file.py; the project's `.env` is envfile.py.
 """
@@ -206,14 +208,20 @@ def load(
             if not lenient:
                 raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
         return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
+    skipped: list[str] | None = [] if lenient else None
     try:
         raw = read_cached(path, root / "sparkq" / "data" / CACHE_NAME)
-        values, warnings = _validate(path, raw)
+        values, warnings = _validate(path, raw, skipped)
     except ConfigError as exc:
         if not lenient:
             raise
-        return _build(root, path, {}, [], notice=f"{exc}; using default paths")
-    return _build(root, path, values, warnings)
+        return _build(root, path, {}, [], notice=f"{exc}; using default paths (a server started with "
+                                                  "another database.path is not seen until it is fixed)")
+    notice = None
+    if skipped:  # only the bad keys fall back: database.path still finds a running server
+        more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+        notice = f"{skipped[0]}{more}; using the default for it until it is fixed"
+    return _build(root, path, values, warnings, notice=notice)
 
 
 def settings_from_file(path: Path, *, root: Path, config_file: Path) -> Settings:
@@ -244,7 +252,9 @@ def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], n
     return Settings(paths=paths, values=values, warnings=warnings, notice=notice)
 
 
-def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
+def _validate(path: Path, raw: Any, skipped: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(values by dotted key, warnings). A bad section or value raises ConfigError, unless
+    `skipped` is given (lenient loading): then its message goes there and the key keeps its default."""
     if raw is None:
         return {}, []
     if not isinstance(raw, dict):
@@ -260,16 +270,26 @@ def _validate(path: Path, raw: Any) -> tuple[dict[str, Any], list[str]]:
             continue
         if body is None:
             continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path}: '{section}' must be a mapping, got {_kind(body)}")
-        for key, value in body.items():
-            dotted = f"{section}.{key}"
-            if dotted in _ORIGINAL_KEYS and value == _ORIGINAL_KEYS[dotted]:
-                continue
-            if dotted not in _SCHEMA:
-                warnings.append(f"{path}: unknown key '{dotted}' ignored")
-                continue
-            values[dotted] = _check(path, dotted, value)
+        try:
+            if not isinstance(body, dict):
+                raise ConfigError(f"{path}: '{section}' must be a mapping, got {_kind(body)}")
+            for key, value in body.items():
+                dotted = f"{section}.{key}"
+                if dotted in _ORIGINAL_KEYS and value == _ORIGINAL_KEYS[dotted]:
+                    continue
+                if dotted not in _SCHEMA:
+                    warnings.append(f"{path}: unknown key '{dotted}' ignored")
+                    continue
+                try:
+                    values[dotted] = _check(path, dotted, value)
+                except ConfigError as exc:
+                    if skipped is None:
+                        raise
+                    skipped.append(str(exc))
+        except ConfigError as exc:
+            if skipped is None:
+                raise
+            skipped.append(str(exc))
     return values, warnings
 
 

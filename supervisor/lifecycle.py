@@ -112,13 +112,16 @@ def running(settings: Settings, notices: list[str]) -> pidfile.PidInfo | None:
 def launch(settings: Settings, *, trigger: str, mode: str, skip_backup: bool = False,
            notices: list[str] | None = None, supervisor_pid: int | None = None,
            stop_requested: Callable[[], bool] = lambda: False, while_preparing=nullcontext,
-           on_prepared: Callable[[list[str], str | None], None] | None = None) -> Launched:
+           on_prepared: Callable[[list[str], str | None], None] | None = None,
+           prune: bool = True) -> Launched:
     """Prepare, back up, spawn, record, wait until healthy, prune: every start goes through here.
 
     The caller holds the supervisor lock and has checked that no server runs. On failure the
     server is killed and its pidfile removed; the pre-start backup's line goes to stderr, since
     the backup was taken all the same. `while_preparing` wraps the slow part (systemd's
-    start-timeout extension); `on_prepared(notices, backup line)` is told before the spawn."""
+    start-timeout extension); `on_prepared(notices, backup line)` is told before the spawn.
+    `prune=False` leaves retention to the caller (the supervisor's restarts prune only once the
+    server has stayed up, supervise.py)."""
     notices = list(notices or [])
     with while_preparing():
         settings = prestart.prepare(settings, notices, skip_backup)
@@ -142,7 +145,8 @@ def launch(settings: Settings, *, trigger: str, mode: str, skip_backup: bool = F
         raise
     if ready is None:  # a stop was asked while it started: the caller stops it
         return Launched(spawned, None, backup, backup_text, notices)
-    backup_text = prestart.prune_after_healthy(settings, backup) or backup_text
+    if prune:
+        backup_text = prestart.prune_after_healthy(settings, backup) or backup_text
     _push_offsite(settings, backup)
     log.get().info("server_started", pid=info.pid, url=info.url, trigger=trigger)
     return Launched(spawned, info, backup, backup_text, notices)

@@ -2,8 +2,8 @@
 leaves it running detached (its own session, its output in the supervisor log; detached.py).
 
 The loop watches its child, the server: an exit it did not ask for restarts the server through
-the one start path (a backup first, none when nothing changed, no pruning unless the server
-came up), after a backoff that doubles up to server.backoff_max and starts again from 1 s once
+the one start path (a backup first, none when nothing changed; its retention waits until the
+server has stayed up STABLE_S seconds, so a crash loop never rotates history out), after a backoff that doubles up to server.backoff_max and starts again from 1 s once
 the server stayed up STABLE_S seconds. server.start_retries failures within server.retry_window
 make the state fatal: the supervisor records why and exits. Health checks every
 server.health_interval seconds replace a server that stops answering (hung or SIGSTOPped).
@@ -47,6 +47,9 @@ class Supervisor:
     server_pid: int | None = None
     schedule: object | None = None  # schedule.BackupSchedule, once the server first got healthy
     next_offsite_check: float = 0.0  # monotonic time of the next look at failed off-site pushes
+    # A restart's backup, pruned only once the server has stayed up STABLE_S: a server that gets
+    # healthy and crashes again (a crash loop that still writes) must not rotate history out.
+    unpruned: object | None = None
 
     def __post_init__(self) -> None:
         self.state = own_state(self.mode)
@@ -157,8 +160,10 @@ class Supervisor:
                 process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, first=self.signals.forward)
                 return proc.wait(), False
             now = time.monotonic()
-            if now - began >= STABLE_S and self.delay > 1.0:
+            if now - began >= STABLE_S:
                 self.delay = 1.0
+                if self.unpruned is not None:
+                    self._prune_restart_backup()
             self.periodic()
             if interval and now >= next_check:
                 ok, why = process.probe_health(settings.health_url_for(launched.info.url),
@@ -170,6 +175,20 @@ class Supervisor:
                     process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, resume=True)
                     return proc.wait(), True
             time.sleep(0.1)
+
+    def _prune_restart_backup(self) -> None:
+        """Retention for the last restart's backup, now that the server stayed up; under the
+        shared lock, like any backup's, and tried again on the next pass while another holds it."""
+        from . import prestart
+
+        try:
+            with file_lock(self.settings.paths.lockfile, wait=0, shared=True):
+                prestart.prune_after_healthy(self.settings, self.unpruned)
+        except SparkqError:
+            return  # busy (a restore, a stop): the next pass tries again
+        except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
+            log.get().warning("restart_prune_failed", error=str(exc))
+        self.unpruned = None
 
     def _restart(self, rc: int):
         """Back off, then start again through the one start path; None when fatal or stopped."""
@@ -189,7 +208,7 @@ class Supervisor:
             try:
                 with self._lock():
                     launched = launch(self.settings, trigger="restart", mode=self.mode, supervisor_pid=os.getpid(),
-                                      stop_requested=self.tick)
+                                      stop_requested=self.tick, prune=False)
             except _Stopped:
                 self.save(state="stopped")
                 return None
@@ -198,6 +217,7 @@ class Supervisor:
                 self.save(last_exit={"error": str(exc).splitlines()[0], "at": pidfile.now_iso()})
                 continue
             self.server_pid = launched.spawned.proc.pid
+            self.unpruned = launched.backup  # replaces one never pruned: its server did not stay up
             self.save(restarts=self.state.restarts + 1)
             log.get().info("server_restarted", pid=self.server_pid, restarts=self.state.restarts)
             return launched

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import VerificationFailed
-from .layout import DB_NAME, ENV_NAME, ORIGINAL_VERSION, WAL_NAME, YML_NAME
+from .layout import BACKUP_VERSION, DB_NAME, ENV_NAME, ORIGINAL_VERSION, WAL_NAME, YML_NAME
 
 REGULAR = "regular"
 PRE_RESTORE = "pre_restore"
@@ -84,9 +84,26 @@ class Entry:
         return self.member(DB_NAME)
 
     @property
+    def unusable(self) -> str | None:
+        """Why no member of this bundle can be trusted, or None. Any damage but one: a manifest
+        that is not JSON, as the original wrote around a damaged database (manifest.NOT_JSON),
+        leaves its sparkq.yml, .env and exports usable (with a note that they went unchecked)."""
+        from .manifest import NOT_JSON
+
+        return None if not self.damaged or self.damaged.startswith(NOT_JSON) else self.damaged
+
+    @property
+    def ours(self) -> bool:
+        """A bundle this SparkQ wrote (backup_version 2.0): its database stands alone."""
+        return self.format == "bundle" and (self.manifest or {}).get("backup_version") == BACKUP_VERSION
+
+    @property
     def wal_file(self) -> Path | None:
-        """`sparkq.db-wal` of a bundle when present and not empty (older 2.1 bundles carry one)."""
-        if self.format != "bundle":
+        """`sparkq.db-wal` of a bundle when present and not empty (older 2.1 bundles carry one).
+
+        Never for a bundle of ours: a -wal found there was put there later, and folding it in
+        would restore rows no checksum covers (verify reports it, see verify.py)."""
+        if self.format != "bundle" or self.ours:
             return None
         wal = self.member(WAL_NAME)
         return wal if wal is not None and wal.stat().st_size > 0 else None

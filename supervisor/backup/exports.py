@@ -88,6 +88,23 @@ def export_problems(entry) -> list[str]:
     return problems
 
 
+def _check_sum(entry, filename: str, path) -> None:
+    """An export must be the file the backup wrote: an emptied or edited one would print other
+    rows than the backup holds. The original's bundles carry no checksums; ours always do."""
+    from ..fsutil import sha256_file
+
+    expected = ((entry.manifest or {}).get("checksums") or {}).get(filename)
+    if expected is None and not entry.ours:
+        return
+    if expected is None:
+        problem = "is not part of the backup (its manifest has no checksum for it)"
+    elif sha256_file(path) != str(expected).lower():
+        problem = "checksum mismatch (the file changed since the backup was taken)"
+    else:
+        return
+    raise VerificationFailed(f"{entry.name}/{filename}: {problem}; try another backup or ./sparkq.sh backup-verify")
+
+
 def export_json(settings, ref: str, kind: str) -> str:
     """The export `kind` of backup `ref`, as JSON text: the bundle's file, else read from its DB."""
     from .catalog import resolve
@@ -96,8 +113,12 @@ def export_json(settings, ref: str, kind: str) -> str:
     entry = resolve(settings, ref)
     filename = EXPORTS[kind][0]
     if entry.format == "bundle":
+        if entry.unusable:
+            raise VerificationFailed(f"backup {entry.name} cannot be trusted ({entry.unusable}); try another "
+                                     "backup or ./sparkq.sh backup-verify")
         path = entry.member(filename)
         if path is not None:
+            _check_sum(entry, filename, path)
             try:
                 return read_export(path)
             except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError

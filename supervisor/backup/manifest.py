@@ -17,6 +17,9 @@ from typing import Any
 
 from .layout import DB_NAME, MANIFEST, MANIFEST_LIMIT
 
+# The original SparkQ wrote a damaged database's multi-line integrity_check raw into its manifest,
+# which is then not JSON while sparkq.yml, .env and the exports beside it are intact (ORIGINAL.md).
+NOT_JSON = "manifest.json is not valid JSON"
 
 # The manifest keys a listing shows; the listing cache keeps only these.
 LISTED = ("backup_version", "created_at", "integrity_check", "trigger", "config_file",
@@ -115,7 +118,7 @@ def read(bundle: str | Path) -> tuple[Any, str | None]:
     except UnicodeDecodeError:
         return None, "manifest.json is not UTF-8 text"
     except ValueError as exc:
-        return None, f"manifest.json is not valid JSON ({exc})"
+        return None, f"{NOT_JSON} ({exc})"
     except RecursionError:
         return None, "manifest.json is nested too deeply"
     return raw, problem(raw)

@@ -29,9 +29,13 @@ def build_plan(entry, scope: str, tables: list[str] | None, paths, *, verify: bo
     """The plan for restoring `scope` (or merging `tables`) of `entry`; raises when the backup
     lacks what is asked for or (with `verify`) fails verification. A caller that passes
     `verify=False` runs `verify_whole` itself before anything changes (restore.py)."""
+    # A scope without the database is verified first: a member the manifest lists but the
+    # bundle lacks is a damaged backup (exit 5), not a backup without that file (exit 2).
+    checked = _verify_members(entry, scope) if verify and not tables and scope not in ("full", "db") else []
     steps, notes, warnings = ([], [], []) if tables else _steps(entry, scope, paths)
-    if verify:
-        notes += _verify(entry, scope, tables, steps)
+    if verify and not checked:
+        verify_whole(entry)
+    notes += checked
     plan = _plan(entry, scope, tables, steps, notes, paths)
     plan.warnings = warnings
     return plan
@@ -219,31 +223,51 @@ def _restored_config(yml: Path, paths, scope: str, notes: list[str], warnings: l
 # --- verification: what the scope restores ---------------------------------------------------
 
 
-def _verify(entry, scope: str, tables, steps: list[Step]) -> list[str]:
-    """Verify what this restore reads; returns notes saying what was left unchecked.
+def _verify_members(entry, scope: str) -> list[str]:
+    """Verify what a restore without the database places; returns the note of what was left
+    unchecked (never empty). VerificationFailed when the backup cannot be trusted for it.
 
-    A restore of the database checks the whole backup. A scope without it (--config-only,
-    --only yml/env/templates) checks only the members it places: a backup whose database is
-    damaged (the original SparkQ then wrote a manifest that is not even JSON) can still give
-    back its intact sparkq.yml and .env.
+    A restore of the database checks the whole backup (verify_whole). A scope without it
+    (--config-only, --only yml/env/templates) checks the bundle's shape (no symlinks, nothing
+    but files and folders), the checksums of the members it places and of those the manifest
+    lists for it but the bundle lacks, and in a bundle of ours that each member it places has one.
+    So a backup whose database is damaged can still give back its sparkq.yml and .env.
     """
     from . import verify
 
-    if tables or scope in ("full", "db"):
-        verify_whole(entry)
-        return []
-    manifest = entry.manifest or {}
-    checksums = manifest.get("checksums") or {}
-    members = [s.source.relative_to(entry.path).as_posix() for s in steps] if entry.format == "bundle" else []
-    _raise_if(entry, verify._check_checksums(entry, {m: checksums[m] for m in members if m in checksums}))
     unchecked = []
-    if entry.damaged:
-        unchecked.append(f"the manifest ({entry.damaged})")
-    without = [m for m in members if m not in checksums]
-    if without:
-        unchecked.append(f"the checksums of {', '.join(without)} (the manifest has none for them)")
+    if entry.format == "bundle":
+        if entry.unusable:
+            _raise_if(entry, [entry.unusable])
+        checksums = (entry.manifest or {}).get("checksums") or {}
+        wanted = [m for m in dict.fromkeys([*checksums, *_present(entry, scope)]) if _in_scope(m, scope)]
+        problems = verify._symlinks_and_oddities(entry)
+        problems += verify._check_checksums(entry, {m: checksums[m] for m in wanted if m in checksums})
+        without = [m for m in wanted if m not in checksums]
+        if without and entry.ours:  # every file we write is checksummed: this one was put there later
+            problems += [f"{m} is not part of the backup (its manifest has no checksum for it)" for m in without]
+        _raise_if(entry, problems)
+        if entry.damaged:
+            unchecked.append(f"the manifest ({entry.damaged})")
+        if without:
+            unchecked.append(f"the checksums of {', '.join(without)} (the manifest has none for them)")
     unchecked.append("the database (this restore does not touch it)")
     return [f"not checked: {'; '.join(unchecked)}"]
+
+
+def _in_scope(member: str, scope: str) -> bool:
+    if scope == "templates":
+        return member.startswith(TEMPLATES_MEMBER + "/")
+    return member in {"config": (YML_NAME, ENV_NAME), "yml": (YML_NAME,), "env": (ENV_NAME,)}.get(scope, ())
+
+
+def _present(entry, scope: str) -> list[str]:
+    """The member names of `scope` that exist in the bundle (whatever they are)."""
+    names = [YML_NAME, ENV_NAME]
+    folder = entry.path / TEMPLATES_MEMBER
+    if scope == "templates" and folder.is_dir() and not folder.is_symlink():
+        names = [f"{TEMPLATES_MEMBER}/{p.name}" for p in folder.iterdir()]
+    return [n for n in names if os.path.lexists(entry.path / n)]
 
 
 def verify_whole(entry) -> None:

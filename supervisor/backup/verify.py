@@ -18,7 +18,7 @@ from .catalog import resolve, scan
 from .entry import Entry
 from .dbfiles import open_backup_db
 from .exports import export_problems
-from .layout import DB_NAME, ORIGINAL_VERSION
+from .layout import DB_NAME, JOURNAL, ORIGINAL_VERSION, WAL
 
 
 
@@ -35,6 +35,7 @@ def verify_entry(entry: Entry, notes: list[str] | None = None) -> list[str]:
         if entry.damaged:
             problems.append(entry.damaged)
         problems += _symlinks_and_oddities(entry)
+        problems += _sidecars_of_ours(entry)
         problems += export_problems(entry)  # what backup-export would refuse, verify refuses too
     checksums = (entry.manifest or {}).get("checksums") or {}
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sparkq-verify") as pool:
@@ -62,6 +63,20 @@ def _symlinks_and_oddities(entry: Entry) -> list[str]:
             elif not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 problems.append(f"{rel} is not a regular file")
         dirs[:] = [d for d in dirs if not (base / d).is_symlink()]
+    return problems
+
+
+def _sidecars_of_ours(entry: Entry) -> list[str]:
+    """A -wal or -journal beside the database of a bundle of ours, which never has one: SQLite
+    would read it as part of the database (rows, or a roll-back) that no checksum covers."""
+    if not entry.ours:
+        return []
+    problems = []
+    for suffix in (WAL, JOURNAL):
+        name = DB_NAME + suffix
+        if os.path.lexists(entry.path / name):
+            problems.append(f"{entry.name}/{name} is not part of the backup (a bundle of ours holds its database "
+                            "alone) and could change what a restore puts back; remove it, or pick another backup")
     return problems
 
 

@@ -234,10 +234,21 @@ def test_only_yml_keeps_the_existing_mode(seeded):
 
 
 def test_only_env_without_env_in_bundle_is_a_usage_error(seeded):
-    project, entry = seeded
-    (entry.path / ".env").unlink()  # (checksums would also catch it; the scope check comes first)
+    project, _entry = seeded
+    (project.root / ".env").unlink()
+    _backup()  # taken without a .env: its manifest does not list one
     with pytest.raises(UsageError, match="has no .env"):
         _restore(scope="env")
+    assert _pre_restores() == []
+
+
+@pytest.mark.parametrize("scope", ["env", "config"])
+def test_a_listed_member_that_is_missing_is_a_damaged_backup(seeded, scope):
+    """The manifest lists .env, the bundle lacks it: damage (exit 5), not a backup without one."""
+    project, entry = seeded
+    (entry.path / ".env").unlink()
+    with pytest.raises(VerificationFailed, match=r"\.env is missing \(listed in the manifest's checksums\)"):
+        _restore(scope=scope)
     assert _pre_restores() == []
 
 

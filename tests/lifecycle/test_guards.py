@@ -3,6 +3,8 @@ and manual backups kept out while an exclusive command (start, setup, restore) r
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 import threading
 
@@ -22,6 +24,23 @@ def test_start_refuses_to_seed_a_fresh_db_over_existing_backups(project, fake):
     assert proc.returncode == 2
     assert "is missing but 1 backup(s) exist" in proc.stderr and "backup-restore 1 --db-only" in proc.stderr
     assert not project.db.exists() and not project.pidfile.exists()
+
+
+def test_a_bad_value_does_not_hide_a_server_with_another_database_path(project, fake):
+    """stop and status load sparkq.yml leniently: a typo in one value must not make them look for
+    the server beside the default database path and call it stopped."""
+    good = project.config.read_text() + "database:\n  path: mydata/q.db\n"
+    project.config.write_text(good)
+    assert project.cli("setup").returncode == 0
+    assert project.cli("start").returncode == 0
+    pid = json.loads(project.cli("status", "--json").stdout)["pid"]
+    project.config.write_text(good.replace("stop_timeout: 5", "stop_timeout: ten"))
+    st = project.cli("status")
+    assert st.returncode == 0 and f"PID {pid}" in st.stdout, (st.stdout, st.stderr)
+    assert "'server.stop_timeout' must be" in st.stderr
+    proc = project.cli("stop")
+    assert proc.returncode == 0 and f"stopped (PID {pid}" in proc.stdout, (proc.stdout, proc.stderr)
+    assert fake.gone(pid)
 
 
 def test_stop_works_with_a_broken_sparkq_yml(project, fake):

@@ -100,6 +100,37 @@ def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, f
     wait_until(lambda: not fake.running(), timeout=10, what="no server left")
 
 
+def test_a_crash_loop_that_writes_never_prunes_older_backups(project, fake):
+    """Each restart's server gets healthy, the data changes, it crashes: every restart writes a
+    bundle, and none of them may push the older backups out (keep: 2)."""
+    import sqlite3
+
+    def change(i: int) -> None:
+        conn = sqlite3.connect(project.db, isolation_level=None)
+        conn.execute("INSERT INTO config (namespace, key, value) VALUES ('loop', ?, '1')", (f"k{i}",))
+        conn.close()
+
+    _configure(fake, "crash-after=1.5", start_retries=50, health_interval=0, backoff_max=2)
+    project.config.write_text(project.config.read_text() + "backup:\n  keep: 2\n")
+    for i in range(2):
+        change(i)
+        assert project.cli("backup").returncode == 0
+    older = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
+    assert len(older) == 2
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    for restarts in range(1, 4):
+        wait_until(lambda: _status(project)["restarts"] >= restarts, timeout=60, what=f"restart {restarts}")
+        change(10 + restarts)  # the next restart's backup has something new to keep
+    supervisor = _status(project)["supervisor_pid"]
+    project.reaper.add(supervisor)
+    _stop_and_check(project, supervisor)
+    after = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
+    assert set(older) <= set(after), after
+    assert len(after) >= 4  # the restarts did write their bundles
+    assert not _events(project, "backups_pruned")
+
+
 def test_a_sigstopped_server_is_replaced(project, fake):
     _configure(fake, health_interval=0.3, health_failures=2)
     first = _started(project)
@@ -229,3 +260,32 @@ def test_logs_follow_prints_lines_as_they_are_appended(project):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_restart_backup_is_pruned_once_the_server_stayed_up(project):
+    """The other half of the crash-loop rule: once the restarted server has stayed up, its
+    backup's retention runs (the loop calls this after STABLE_S); while a restore or stop holds
+    the lock it waits for a later pass."""
+    from supervisor import config
+    from supervisor.backup.create import create_backup
+    from supervisor.locking import file_lock
+    from supervisor.signals import StopSignals
+    from supervisor.supervise import Supervisor
+    from supervisor.systemd import Notifier
+
+    assert project.cli("setup").returncode == 0
+    project.config.write_text(project.config.read_text() + "backup:\n  keep: 1\n")
+    settings = config.load()
+    for _ in range(2):
+        create_backup(settings, trigger="manual", prune=False)
+    newest = create_backup(settings, trigger="restart", prune=False)
+    notifier = Notifier.from_env()
+    sup = Supervisor(settings, "run", notifier, StopSignals(notifier))
+    sup.unpruned = newest
+    with file_lock(settings.paths.lockfile):  # a restore holds it: nothing is pruned yet
+        sup._prune_restart_backup()
+    assert sup.unpruned is newest
+    assert len([p for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_")]) == 3
+    sup._prune_restart_backup()
+    assert sup.unpruned is None
+    assert [p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_")] == [newest.name]

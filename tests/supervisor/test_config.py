@@ -55,6 +55,16 @@ def test_unknown_keys_warn(project):
     assert not any("purge" in w for w in s.warnings)
 
 
+def test_lenient_keeps_every_good_key_when_one_value_is_bad(project):
+    s = load(project, "server:\n  stop_timeout: ten\n  port: 4723x\ndatabase:\n  path: mydata/q.db\n",
+             lenient=True)
+    assert s.paths.db == project.root / "mydata/q.db"
+    assert "'server.stop_timeout' must be" in s.notice and "(and 1 more)" in s.notice
+    assert s.stop_timeout == 10 and s.port == 5005  # the defaults, for those keys only
+    with pytest.raises(config.ConfigError, match="server.stop_timeout"):
+        load(project, "server:\n  stop_timeout: ten\n")
+
+
 def test_lenient_falls_back_with_notice(project):
     s = load(project, "server: [\n", lenient=True)
     assert s.notice and "using default paths" in s.notice
