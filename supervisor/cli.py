@@ -156,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     except SparkqError as exc:
         interrupted = isinstance(exc, Interrupted)
         if state["debug"] and not interrupted:  # Ctrl-C is not a bug: no traceback for it
-            raise
+            import traceback
+
+            traceback.print_exc()  # more output, the same exit code: scripts must not see 1 instead
         print(f"{chr(10) if interrupted else ''}sparkq: {exc}", file=sys.stderr)  # past the ^C echo
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

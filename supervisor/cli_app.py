@@ -16,20 +16,46 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import Interrupted
+from .errors import Interrupted, UsageError
+
+
+try:  # typer >= 0.2x carries its own copy of click; older ones use click itself
+    from typer._click.exceptions import UsageError as _ClickUsageError
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import UsageError as _ClickUsageError
 
 
 class _Commands(TyperGroup):
-    """Ctrl-C in a command ends as our other errors do: `sparkq: interrupted`, exit 130. Left to
-    click, it ends silently with 130 (typer >= 0.2x) or as "Aborted!" with exit 1 (older), so it
-    is turned into our error here, below click's handler; code that must undo work on Ctrl-C (a
-    restore, a merge) catches KeyboardInterrupt deeper down and says more."""
+    """Errors that click would print its own way end as our other errors do, one line:
+
+    - Ctrl-C: `sparkq: interrupted`, exit 130. Left to click, it ends silently with 130 (typer >=
+      0.2x) or as "Aborted!" with exit 1 (older). Code that must undo work on Ctrl-C (a restore, a
+      merge) catches KeyboardInterrupt deeper down and says more.
+    - A usage error (unknown option or command, bad or missing argument): click prints four lines
+      (usage, hint, blank, error); ours is `sparkq: <what>; see ./sparkq.sh COMMAND --help`, exit 2.
+    Both are turned into our errors here, below click's handlers, so cli.main prints them.
+    """
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _ClickUsageError as exc:  # the root's own options (sparkq --bogus)
+            raise _one_line(exc) from None
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
+        except _ClickUsageError as exc:  # a command's options and arguments, or no such command
+            raise _one_line(exc) from None
+
+
+def _one_line(exc) -> UsageError:
+    message = exc.format_message().replace("\n", " ").rstrip(".")
+    command = exc.ctx.command_path.split(" ", 1)[1:] if exc.ctx is not None else []
+    where = " ".join(["./sparkq.sh", *command, "--help"])
+    return UsageError(f"{message[:1].lower()}{message[1:]}; see {where}")
 
 
 app = typer.Typer(

@@ -147,6 +147,8 @@ def resolve(settings, ref: str) -> Entry:
         raise UsageError(f"invalid backup reference {ref!r}; {REF_HINT}")
     if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text) and not (text.isdigit() and text.isascii()):
         raise UsageError(f"invalid backup number {ref!r}; {REF_HINT}")
+    if text.startswith("-"):  # commands let "-1" through as a ref, so a mistyped option lands here
+        raise UsageError(f"unknown option {text}; see the command's --help")
     regular, pre = scan(settings.paths.backup_dir)
     if text.isdigit() and text.isascii():
         number = int(text) if len(text) < 20 else 10**20

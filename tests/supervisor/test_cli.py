@@ -7,7 +7,9 @@ import stat
 import subprocess
 import sys
 
-from helpers import SPARKQ_SH
+import pytest
+
+from helpers import SPARKQ_SH, one_line_error
 
 BACKUP_GUIDE_COMMANDS = ["start", "run", "restart", "stop", "status", "setup", "backup-list", "backup-show",
                          "backup-restore", "export-prompts", "--db-only", "--config-only", "--yes"]
@@ -96,4 +98,30 @@ def test_ctrl_c_outside_a_restore_is_one_line_and_exit_130(project):
     assert lines == ["sparkq: interrupted"], err
     assert not [p for p in project.backup_dir.iterdir() if p.name.startswith((".tmp-", "sparkq_"))]
     bad = project.cli("backup-list", "--no-such-option")  # click's own usage errors keep exit 2
-    assert bad.returncode == 2 and "No such option" in bad.stderr
+    assert bad.returncode == 2 and "no such option" in bad.stderr
+
+
+USAGE_ERRORS = [
+    (["start", "--bogus"], "no such option: --bogus; see ./sparkq.sh start --help"),
+    (["logs", "-n", "-1"], "see ./sparkq.sh logs --help"),
+    (["stop", "extra"], "unexpected extra argument"),
+    (["backup-show"], "missing argument"),
+    (["backup-export", "nope", "1"], "'nope' is not one of"),
+    (["bogus"], "no such command 'bogus'"),
+    (["--bogus"], "no such option: --bogus"),
+    (["backup-verify", "--bogus"], "unknown option --bogus"),
+]
+
+
+@pytest.mark.parametrize("args,expected", USAGE_ERRORS, ids=[" ".join(a) for a, _ in USAGE_ERRORS])
+def test_usage_errors_are_one_line_and_exit_2(project, args, expected):
+    line = one_line_error(project.cli(*args), codes={2})
+    assert expected in line, line
+
+
+def test_debug_adds_a_traceback_but_keeps_the_exit_code(project):
+    assert project.cli("setup").returncode == 0
+    plain = project.cli("backup-restore", "7", "--yes")
+    debug = project.cli("--debug", "backup-restore", "7", "--yes")
+    assert plain.returncode == debug.returncode == 4
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
