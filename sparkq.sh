@@ -17,7 +17,10 @@ Server
   run                        back up, then run the server in the foreground (systemd)
   restart                    stop, back up, start
   stop                       stop the server (SIGTERM, then SIGKILL after the stop timeout)
-  status [--json]            running or stopped; exit 0 running, 3 stopped
+  status [--json]            the state: exit 0 running, starting, backoff or unsupervised;
+                             3 stopped or fatal
+  logs [-f] [-n N] [--supervisor]
+                             the server log's last lines (or the supervisor's events); -f follows
   setup [--reseed]           create .venv, sparkq.yml, .env and the database (safe to re-run)
   systemd-unit [--user]      print a systemd unit for this checkout
 

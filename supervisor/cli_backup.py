@@ -47,14 +47,15 @@ def backup(
         # half-built bundle. Unchanged since the newest bundle: nothing is written.
         with sigterm_unwinds():
             result = create_backup(settings, trigger=TRIGGER, skip_unchanged=True, beside_server=True)
+    if not as_json:
+        emit(result)  # before the push: the local backup is done whatever the network does
+        sys.stdout.flush()
     pushed = after_backup(settings, result)  # None when off-site copies are off; never raises
     if as_json:
         print(json.dumps({**result.to_dict(), **({"offsite": pushed.to_dict()} if pushed else {})},
                          indent=2, default=str))
-    else:
-        emit(result)
-        if pushed:
-            emit(pushed)
+    elif pushed:
+        emit(pushed)
 
 
 @app.command("backup-push", context_settings=_REFS)
@@ -69,7 +70,7 @@ def backup_push(
 
     if ref is not None and all_:
         raise UsageError("give a backup N|NAME or --all, not both")
-    report = push(load_settings(lenient=background), ref, all_=all_)
+    report = push(load_settings(lenient=background), ref, all_=all_, background=background)
     if not background:
         emit(report, as_json)
         exit_with(FAILURE if report.error else 0)
@@ -84,7 +85,7 @@ def backup_list(
     if offsite:
         from .backup.offsite_repo import list_offsite
 
-        emit(list_offsite(load_settings(lenient=True)), as_json)
+        emit(list_offsite(load_settings()), as_json)  # strict: a bad offsite value is named, not "not configured"
         return
     from .backup.listing import list_backups
 
@@ -122,7 +123,7 @@ def backup_verify(
             raise UsageError("--offsite checks the whole repository; it takes no N|NAME or --all")
         from .backup.offsite_repo import check
 
-        checked = check(load_settings(lenient=True), read_data=read_data)
+        checked = check(load_settings(), read_data=read_data)
         emit(checked, as_json)
         exit_with(checked.exit_code)
         return
@@ -182,10 +183,13 @@ def backup_restore(
         raise UsageError("--json needs --yes: a script cannot answer the confirmation prompt")
     from .backup import restore
 
-    settings = load_settings(lenient=True)
+    settings = load_settings(lenient=not offsite)
     if offsite:
         from .backup.offsite_repo import fetch
 
+        if not yes and not sys.stdin.isatty():  # refused before anything is downloaded
+            raise UsageError(_NO_TERMINAL)
+        restore.refuse_if_in_use(settings.paths)
         ref = fetch(settings, ref)  # now a verified local bundle; the normal path from here
     plans: list = []
     result = restore.restore_backup(settings, ref, scope=scope.value, tables=table_list,
@@ -196,6 +200,9 @@ def backup_restore(
         emit(result)
 
 
+_NO_TERMINAL = "no terminal to confirm on; add --yes to restore without asking"
+
+
 def _confirmer(yes: bool, plans: list, *, show: bool = True):
     def confirm(plan) -> bool:
         plans.append(plan)
@@ -204,7 +211,7 @@ def _confirmer(yes: bool, plans: list, *, show: bool = True):
         if yes:
             return True
         if not sys.stdin.isatty():
-            raise UsageError("no terminal to confirm on; add --yes to restore without asking")
+            raise UsageError(_NO_TERMINAL)
         import click
 
         try:

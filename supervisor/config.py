@@ -30,7 +30,7 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "server.host": ((str,), "127.0.0.1", "a host name or IP address"),
     "server.port": ((int,), 5005, "a port number from 1 to 65535"),
     "server.command": ((list, type(None)), None, "a list of strings (argv)"),
-    "server.health_url": ((str,), "/health", "a URL path such as /health"),
+    "server.health_url": ((str,), "/health", "a URL path such as /health (or a full http:// or https:// URL)"),
     "server.start_timeout": ((int, float), 30, "a number of seconds > 0"),
     "server.stop_timeout": ((int, float), 10, "a number of seconds > 0"),
     "server.restart": ((str,), "on-failure", "one of on-failure, always, never"),
@@ -47,7 +47,8 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "offsite.repository": ((str, type(None)), None, "a restic repository (a path, sftp:, rest:, s3:, rclone:)"),
     "offsite.password_file": ((str, type(None)), None, "a file path"),
     "offsite.env_file": ((str, type(None)), None, "a file path"),
-    "offsite.keep": ((dict, type(None)), None, "a mapping of last/daily/weekly/monthly to whole numbers >= 1"),
+    "offsite.keep": ((dict, type(None)), None,
+                     "a mapping of last/daily/weekly/monthly to whole numbers from 1 to 1000000"),
     "offsite.lock_timeout": ((int, float), 120, "a number of seconds > 0"),
     "backup.interval": ((str, int, float, bool), "1d", "a duration such as 30m, 6h, 1d or seconds (>= 1), or 0/off"),
 }
@@ -309,7 +310,8 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
     elif ok and dotted.endswith("_timeout"):
         ok = value > 0
     elif ok and dotted == "offsite.keep" and value is not None:
-        ok = all(k in OFFSITE_KEEP_KINDS and isinstance(n, int) and not isinstance(n, bool) and n >= 1
+        # restic reads each as a machine integer: a larger number fails every forget, silently
+        ok = all(k in OFFSITE_KEEP_KINDS and isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 10**6
                  for k, n in value.items())
     elif ok and dotted == "backup.interval":
         from .schedule import parse_interval
@@ -318,11 +320,27 @@ def _check(path: Path, dotted: str, value: Any) -> Any:
             parse_interval(value)
         except ValueError:
             ok = False
+    elif ok and dotted == "server.health_url":
+        ok = _health_url_ok(value)
     elif ok and dotted == "server.command" and value is not None:
         ok = bool(value) and all(isinstance(arg, str) for arg in value)
     if not ok:
         raise ConfigError(f"{path}: '{dotted}' must be {expected}, got {value!r}")
     return value
+
+
+def _health_url_ok(value: str) -> bool:
+    """A path from / (against the server's own address), or a whole http(s) URL with a host."""
+    from urllib.parse import urlsplit
+
+    if value.startswith("/"):
+        return not any(c.isspace() for c in value)
+    try:
+        url = urlsplit(value)
+        url.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.hostname)
 
 
 def _kind(value: Any) -> str:

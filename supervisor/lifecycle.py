@@ -230,7 +230,8 @@ def _replace_unsupervised(settings: Settings) -> list[str]:
     info, _ = pidfile.identify(settings.paths)
     live = live_supervisor(settings.paths)
     if info is None and live is not None:  # it will start one itself: a second would be too many
-        raise StartFailed(f"the supervisor (PID {live.supervisor_pid}) is {live.state} and starts the server "
+        doing = "in backoff" if live.state == "backoff" else live.state
+        raise StartFailed(f"the supervisor (PID {live.supervisor_pid}) is {doing} and starts the server "
                           "itself; wait for it (./sparkq.sh status), or ./sparkq.sh stop to start afresh")
     if info is None or live is not None or process.alive(info.supervisor_pid):
         return []
@@ -312,7 +313,21 @@ def _end_supervisor(child, settings: Settings) -> None:
 
 def stop(settings: Settings) -> StopResult:
     with file_lock(settings.paths.lockfile):
-        return _stop_locked(settings)
+        result = _stop_locked(settings)
+        _settle_state(settings)
+        return result
+
+
+def _settle_state(settings: Settings) -> None:
+    """After `stop`, the state says stopped: a supervisor that gave up (fatal) is gone, and the
+    next `start` begins afresh, so status must not keep saying fatal (the reason stays in the
+    supervisor log)."""
+    from .runstate import read_state, write_state
+
+    state = read_state(settings.paths)
+    if state is not None and state.state == "fatal" and not process.alive(state.supervisor_pid):
+        state.state = "stopped"
+        write_state(settings.paths, state)
 
 
 def _stop_locked(settings: Settings) -> StopResult:
@@ -351,8 +366,10 @@ def _release_supervisor(settings: Settings) -> int | None:
             return None
         pid = info.supervisor_pid  # a `run` from before the state file
     # SIGKILL when it is stuck: it must not restart what we stop next.
-    process.signal_then_kill(pid, RELEASE, settings.stop_timeout + 10)
-    log.get().info("supervisor_released", pid=pid)
+    if process.signal_then_kill(pid, RELEASE, settings.stop_timeout + 10):
+        log.get().warning("supervisor_killed", pid=pid, reason="it did not leave when asked")
+    else:
+        log.get().info("supervisor_released", pid=pid)
     return pid
 
 

@@ -56,7 +56,7 @@ def check_retention(settings: Settings, skip_backup: bool) -> None:
             settings.backup_keep()
         interval(settings)
     except SparkqError as exc:
-        raise _not_started(exc) from None
+        raise _not_started(exc, "") from None
 
 
 def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):
@@ -74,7 +74,7 @@ def backup_before_start(settings: Settings, trigger: str, skip_backup: bool):
         result = create_backup(settings, trigger=trigger, progress=sys.stderr.isatty(), locked=True,
                                prune=False, skip_unchanged=True)
     except SparkqError as exc:
-        raise _not_started(exc) from None
+        raise _not_started(exc, "the pre-start backup failed: ") from None
     from .schedule import note_backup
 
     note_backup(settings.paths, result)  # the schedule counts from this one
@@ -90,7 +90,8 @@ def prune_after_healthy(settings: Settings, backup) -> str | None:
     return prune_after(settings, backup).text()
 
 
-def _not_started(exc: SparkqError) -> SparkqError:
-    """The same error, saying that the server was not started because of it."""
-    exc.args = (f"server not started: the pre-start backup failed: {exc}",)
+def _not_started(exc: SparkqError, why: str) -> SparkqError:
+    """The same error, saying that the server was not started because of it (`why`: what failed,
+    when the error itself does not say: a bad setting names itself, a failed backup does not)."""
+    exc.args = (f"server not started: {why}{exc}",)
     return exc

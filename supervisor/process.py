@@ -12,6 +12,7 @@ to leave with another signal (the supervisor, by `stop`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -364,15 +365,20 @@ def stop_child(child: subprocess.Popen, timeout: float) -> None:
         child.wait()
 
 
-def signal_then_kill(pid: int, sig: int, timeout: float) -> None:
+def signal_then_kill(pid: int, sig: int, timeout: float) -> bool:
     """Send `sig` to one process and wait until it is gone (a zombie is: its parent reaps it);
-    SIGKILL it if it is still there after `timeout`."""
+    SIGKILL it if it is still there after `timeout`. SIGCONT follows `sig`: a suspended process
+    (SIGSTOP, Ctrl-Z) acts on it only once it runs again. True when SIGKILL was needed."""
     os.kill(pid, sig)
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGCONT)
     deadline = time.monotonic() + timeout
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     if alive(pid):
         os.kill(pid, signal.SIGKILL)
+        return True
+    return False
 
 
 def is_suspended(pid: int) -> bool:

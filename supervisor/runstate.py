@@ -99,12 +99,23 @@ def own_state(mode: str) -> State:
                  mode=mode)
 
 
-def exit_record(rc: int) -> dict:
-    """How a server ended, for `status`: {"code": n} or {"signal": "SIGKILL"}, with the time."""
+def exit_record(rc: int, *, hung: bool = False) -> dict:
+    """How a server ended, for `status`: {"code": n} or {"signal": "SIGKILL"}, with the time;
+    "hung": true when the supervisor stopped it for not answering its health checks."""
     at = pidfile.now_iso()
+    extra = {"hung": True} if hung else {}
     if rc < 0:
         try:
-            return {"signal": signal.Signals(-rc).name, "at": at}
+            return {"signal": signal.Signals(-rc).name, "at": at, **extra}
         except ValueError:
-            return {"signal": str(-rc), "at": at}
-    return {"code": rc, "at": at}
+            return {"signal": str(-rc), "at": at, **extra}
+    return {"code": rc, "at": at, **extra}
+
+
+def exit_text(last: dict) -> str:
+    """An exit record as `status` says it: `status 7 at ...`, `signal SIGKILL at ...`."""
+    what = (f"signal {last['signal']}" if "signal" in last
+            else f"status {last['code']}" if "code" in last else str(last.get("error")))
+    if last.get("hung"):
+        what = f"stopped for not answering its health checks ({what})"
+    return f"{what} at {last.get('at', '?')}"

@@ -73,7 +73,9 @@ class StatusResult:
         if self.running:
             lines.append(f"  health:   {_health_text(self.health)}")
         if self.last_exit:
-            lines.append(f"  last exit: {_exit_text(self.last_exit)}")
+            from .runstate import exit_text
+
+            lines.append(f"  last exit: {exit_text(self.last_exit)}")
         if self.reason:
             lines.append("  gave up: " + self.reason.replace("\n", "\n    "))
         size = f" ({human_size(self.db_size)})" if self.db_size is not None else " (does not exist yet)"
@@ -166,12 +168,6 @@ def _supervision(paths: Paths, info, result: StatusResult) -> None:
         result.state = "unsupervised"
     elif state is not None and state.state == "fatal":
         result.state, result.reason = "fatal", state.reason
-
-
-def _exit_text(last: dict) -> str:
-    what = (f"signal {last['signal']}" if "signal" in last
-            else f"status {last['code']}" if "code" in last else str(last.get("error")))
-    return f"{what} at {last.get('at', '?')}"
 
 
 def _newest_backup(paths: Paths) -> tuple[str | None, float | None]:

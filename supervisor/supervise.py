@@ -25,7 +25,7 @@ from .config import Settings
 from .errors import FAILURE, OK, SparkqError, exit_status
 from .locking import file_lock
 from .logs import log_tail
-from .runstate import State, exit_record, own_state, write_state
+from .runstate import State, exit_record, exit_text, own_state, write_state
 from .signals import StopSignals, Watchdog, reap_orphans
 
 STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
@@ -79,17 +79,20 @@ class Supervisor:
             self._retry_offsite()
 
     def _retry_offsite(self) -> None:
-        """Off-site pushes that failed are tried again on their own backoff (offsite_state.py:
-        1 min, doubling, up to 6 h), in a detached child that tick() reaps; never raises."""
+        """Bundles still pending off-site are pushed again: after a failure on its own backoff
+        (offsite_state.py: 1 min, doubling, up to 6 h), and also when no failure was recorded
+        (a push killed mid-way records none). In a detached child that tick() reaps; never raises."""
         try:
             from .backup import offsite_state
 
             if not offsite_state.configured(self.settings):
                 return
-            state = offsite_state.load(self.settings.paths)
-            if state.failures and state.retry_due():
-                from .backup.offsite import spawn_push
+            from .backup.catalog import scan
+            from .backup.offsite import repository_of, spawn_push
 
+            state = offsite_state.load(self.settings.paths, repository_of(self.settings))
+            pending = [e for e in scan(self.settings.paths.backup_dir)[0] if e.name not in state.pushed]
+            if pending and state.retry_due():
                 spawn_push(self.settings)
         except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
             log.get().warning("offsite_retry_failed", error=str(exc))
@@ -123,7 +126,7 @@ class Supervisor:
                 _clean_up(self.settings, launched.spawned)
                 self.save(state="stopped")
                 return exit_status(rc) if rc is not None else OK
-            self.save(last_exit=exit_record(rc))
+            self.save(last_exit=exit_record(rc, hung=hung))
             _clean_up(self.settings, launched.spawned)
             log.get().warning("server_exited_unexpectedly", pid=launched.spawned.proc.pid,
                               status=exit_status(rc), hung=hung)
@@ -230,9 +233,11 @@ class Supervisor:
         if len(self.failures) < self.settings.start_retries:
             return False
         tail = log_tail(self.settings.paths.server_log, lines=10)
+        last = exit_text(self.state.last_exit) if self.state.last_exit else "unknown"
         reason = (f"{len(self.failures)} failures within {self.settings.retry_window:g}s "
-                  f"(server.start_retries); last exit {self.state.last_exit}")
-        log.get().error("supervisor_fatal", reason=reason, server_log_tail=tail)
+                  f"(server.start_retries); last exit: {last}")
+        log.get().error("supervisor_fatal", reason=reason)
+        log.get().info("server_log_tail", lines=tail)  # the log file keeps it; the console gets one line
         self.save(state="fatal", reason=reason + ("\n" + "\n".join(tail) if tail else ""), next_retry_at=None)
         return True
 

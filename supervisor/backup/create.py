@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -34,8 +35,8 @@ from . import history, publish, snapshot
 from .failures import os_failure
 from .history import unshare_pre_restore
 from .layout import (
-    BACKUP_VERSION, DB_NAME, ENV_NAME, MANIFEST, PREFIX, PROJECT_KEY, TEMPLATE_FILES, TEMPLATES_MEMBER,
-    YML_NAME, bundle_name, open_readonly,
+    BACKUP_VERSION, DB_NAME, ENV_NAME, MANIFEST, PRE_RESTORE_PREFIX, PREFIX, PROJECT_KEY, TEMPLATE_FILES,
+    TEMPLATES_MEMBER, YML_NAME, bundle_name, open_readonly,
 )
 from .retention import prune_for
 
@@ -224,7 +225,8 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
     try:
         with snapshot.one_cpu(beside_server):  # every thread of the bundle's work starts in _fill
             manifest = _fill(settings, tmp, trigger=trigger, link_db=link_db, progress=progress,
-                             baseline=baseline, beside_server=beside_server)
+                             baseline=baseline, beside_server=beside_server,
+                             as_is=prefix == PRE_RESTORE_PREFIX)
         manifest = {
             "backup_version": BACKUP_VERSION,
             "created_at": created.isoformat(),
@@ -254,11 +256,13 @@ def _write_bundle(settings, *, trigger: str, prefix: str, link_db: bool, progres
 
 
 def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, baseline=None,
-          beside_server: bool = False) -> dict:
+          beside_server: bool = False, as_is: bool = False) -> dict:
     """Write every member except the manifest into `tmp`; returns the manifest's other keys.
 
     With a `baseline` bundle, raises history.Unchanged right after the snapshot when the bundle
-    would hold exactly what the baseline holds."""
+    would hold exactly what the baseline holds. `as_is` (a pre-restore bundle): a live database
+    that is not one is kept byte for byte instead of refused, so a restore of the config alone
+    still has its pre-restore copy of everything (its manifest says the check could not run)."""
     paths = settings.paths
     db = tmp / DB_NAME
     files: list[str] = []
@@ -266,7 +270,12 @@ def _fill(settings, tmp: Path, *, trigger: str, link_db: bool, progress: bool, b
     has_db = paths.db.exists()
     if has_db:
         if not (link_db and snapshot.link_quiescent(paths.db, db)):
-            snapshot.take(paths.db, db, timeout=settings.lock_timeout, progress=progress)
+            try:
+                snapshot.take(paths.db, db, timeout=settings.lock_timeout, progress=progress)
+            except snapshot.NotADatabase:
+                if not as_is:
+                    raise
+                _copy_member(paths.db, db, DB_NAME, [], {})
         files.append(DB_NAME)
     snapshot_sha = None
     if has_db and baseline is not None:
@@ -372,13 +381,22 @@ def _write_exports(db: Path, tmp: Path, files: list[str], checksums: dict[str, s
 
 
 def _copy_member(src: Path, dst: Path, rel: str, files: list[str], checksums: dict[str, str]) -> bool:
-    """Copy `src` into the bundle as a 0600 file, hashing on the way; False when `src` is absent."""
+    """Copy `src` into the bundle as a 0600 file, hashing on the way; False when `src` is absent.
+
+    Only a regular file is copied (a symlink to one is followed, as configured paths may be).
+    Opening does not block: a FIFO (a secrets manager can serve .env as one) would wait for a
+    writer forever; it, or a device, is left out with a warning instead."""
     try:
-        fin = open(src, "rb")
+        fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise os_failure(exc, f"reading {src}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        log.get().warning("backup_member_skipped", path=str(src), reason="not a regular file")
+        return False
+    fin = os.fdopen(fd, "rb")
     digest = hashlib.sha256()
     with fin:
         fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

@@ -24,6 +24,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 
 from .. import log
@@ -34,6 +35,7 @@ from .offsite_state import configured
 
 KEEP_DEFAULT = {"last": 7, "daily": 14, "weekly": 8, "monthly": 24}  # about two years of months
 TAG = "sparkq"
+CREATED_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # the `created:` tag: a bundle's time in UTC, sortable as text
 STAGE_DIR = ".offsite-stage"
 FETCH_PREFIX = ".offsite-fetch-"
 
@@ -44,8 +46,7 @@ FETCH_PREFIX = ".offsite-fetch-"
 def target_of(settings) -> restic.Target:
     """The configured repository, password file and backend credentials, checked."""
     base = settings.paths.config_file.parent
-    repo = settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY")
-    if not repo:
+    if not repository_of(settings):
         raise UsageError("off-site copies are not configured; add an `offsite:` section with repository and "
                          "password_file to sparkq.yml (see docs/BACKUP.md, Off-site copies)")
     pw = settings.offsite_password_file or os.environ.get("RESTIC_PASSWORD_FILE")
@@ -57,9 +58,18 @@ def target_of(settings) -> restic.Target:
     if settings.offsite_env_file:
         env = read_env_file(_private_file(base, settings.offsite_env_file, "offsite.env_file",
                                       "backend credentials"))
-    if repo[0] not in "/~" and ":" not in repo.split("/")[0]:
-        repo = str(base / repo)  # a relative local path: relative to sparkq.yml, as our other paths
-    return restic.Target(repo, password_file, env, settings.offsite_lock_timeout)
+    return restic.Target(repository_of(settings), password_file, env, settings.offsite_lock_timeout)
+
+
+def repository_of(settings) -> str:
+    """The configured repository as restic gets it: a local path is made absolute (relative to
+    sparkq.yml, `~` expanded), so every caller, whatever its working folder, means one place."""
+    repo = settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY") or ""
+    if repo.startswith("~"):
+        repo = os.path.expanduser(repo)
+    if repo and repo[0] != "/" and ":" not in repo.split("/")[0]:
+        repo = str(settings.paths.config_file.parent / repo)
+    return repo
 
 
 def _private_file(base: Path, given: str, key: str, holds: str) -> Path:
@@ -81,13 +91,37 @@ def keep_policy(settings) -> dict[str, int]:
     return {**KEEP_DEFAULT, **(settings.offsite_keep or {})}
 
 
+class _Busy(OffsiteFailed):
+    """Another push of this project holds the off-site lock."""
+
+
 @contextlib.contextmanager
-def _pushing(paths):
-    """One push (or forget) per project at a time: they share the stage folder and the state."""
+def _pushing(settings, *, wait: float | None = None):
+    """One push (or forget) per project at a time: they share the stage folder and the state.
+    Another one is waited for as a restic lock is: said once, given up after `wait` seconds
+    (offsite.lock_timeout by default; 0 for a background push, which leaves the work to it)."""
+    import time
+
+    paths = settings.paths
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(offsite_state.lock_file(paths), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        wait = settings.offsite_lock_timeout if wait is None else wait
+        deadline = time.monotonic() + wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _Busy(f"another off-site push of this project has run for over {wait:.0f}s "
+                                        "(offsite.lock_timeout); let it finish, then try again") from None
+                if not told:
+                    print(f"sparkq: waiting for another off-site push of this project to finish (giving up "
+                          f"after {wait:.0f}s)", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(0.2)
         yield
     finally:
         os.close(fd)
@@ -120,54 +154,71 @@ class PushReport:
         return "\n".join(lines)
 
 
-def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff: bool = False) -> PushReport:
+def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff: bool = False,
+         background: bool = False) -> PushReport:
     """Push pending bundles (or `ref`, or every local bundle with `all_`), oldest first.
 
     Stops at the first failure (a backend that is down fails the rest alike) and records it.
     `honour_backoff` (a periodic caller such as the supervisor loop) skips the attempt while the
-    backoff after the last failure runs; a start or a person asking always tries."""
-    from .catalog import resolve, scan
-
+    backoff after the last failure runs; a start or a person asking always tries. `background`
+    (a detached push) leaves the work to a push that is already running."""
     paths = settings.paths
     if not configured(settings):
         target_of(settings)  # raises: says how to configure it
-    with _pushing(paths):
-        state = offsite_state.load(paths)
-        if honour_backoff and not state.retry_due():
-            return PushReport(error=(state.last_failure or {}).get("error"))
-        regular, _pre = scan(paths.backup_dir)
-        state.keep_only({e.name for e in regular})
-        if ref is not None:
-            chosen = [resolve(settings, ref)]
-        else:
-            chosen = [e for e in reversed(regular) if all_ or e.name not in state.pushed]
-        report = PushReport(pending=[e.name for e in chosen])
-        try:
-            target = target_of(settings)
-            report.repository = target.shown
-            runner = restic.find()
-            for entry in chosen:
-                done = _push_one(runner, target, paths, entry)
-                state.record_push(entry.name, done["snapshot"], done["data_added"])
-                report.pushed.append(done)
-                report.pending.remove(entry.name)
-                offsite_state.save(paths, state)
-            if report.pushed and state.forget_due():
-                report.forgot = _forget(runner, target, settings)
-                state.last_forget_at = state.last_push_at  # a failed forget waits a day too
-        except SparkqError as exc:
-            # Recorded for status and the retry; the report (or the line below) tells the user, so
-            # the log event stays out of the console unless --verbose.
-            report.error = str(exc)
-            state.record_failure(report.error)
-            log.get().info("offsite_push_failed", error=report.error, pending=len(report.pending))
-            if isinstance(exc, UsageError):
-                raise  # a setting to fix (password file mode, ...): one line and exit 2
-        finally:
-            shutil.rmtree(_stage_root(paths), ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (paths.backup_dir / STAGE_DIR).rmdir()  # unless another project's push uses it
+    try:
+        with _pushing(settings, wait=0 if background else None):
+            return _push_locked(settings, ref, all_, honour_backoff)
+    except _Busy:
+        if background:
+            return PushReport()
+        raise
+
+
+def _push_locked(settings, ref: str | None, all_: bool, honour_backoff: bool) -> PushReport:
+    from .catalog import resolve, scan
+
+    paths = settings.paths
+    state = offsite_state.load(paths, repository_of(settings))
+    if honour_backoff and not state.retry_due():
+        return PushReport(error=(state.last_failure or {}).get("error"))
+    regular, _pre = scan(paths.backup_dir)
+    state.keep_only({e.name for e in regular})
+    if ref is not None:
+        chosen = [resolve(settings, ref)]
+        if chosen[0].kind != "regular":
+            raise UsageError(f"{chosen[0].name} is a pre-restore bundle; those stay on this machine "
+                             "(docs/BACKUP.md, Off-site copies): push a regular backup")
+    else:
+        chosen = [e for e in reversed(regular) if all_ or e.name not in state.pushed]
+    report = PushReport(pending=[e.name for e in chosen])
+    if not chosen:
+        state.clear_failure()  # nothing is waiting: an old failure no longer says anything
+    try:
+        target = target_of(settings)
+        report.repository = target.shown
+        runner = restic.find()
+        for entry in chosen:
+            done = _push_one(runner, target, paths, entry)
+            state.record_push(entry.name, done["snapshot"], done["data_added"])
+            report.pushed.append(done)
+            report.pending.remove(entry.name)
             offsite_state.save(paths, state)
+        if report.pushed and state.forget_due():
+            report.forgot = _forget(runner, target, settings)
+            state.last_forget_at = state.last_push_at  # a failed forget waits a day too
+    except SparkqError as exc:
+        # Recorded for status and the retry; the report (or the line below) tells the user, so
+        # the log event stays out of the console unless --verbose.
+        report.error = str(exc)
+        state.record_failure(report.error)
+        log.get().info("offsite_push_failed", error=report.error, pending=len(report.pending))
+        if isinstance(exc, UsageError):
+            raise  # a setting to fix (password file mode, ...): one line and exit 2
+    finally:
+        shutil.rmtree(_stage_root(paths), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            (paths.backup_dir / STAGE_DIR).rmdir()  # unless another project's push uses it
+        offsite_state.save(paths, state)
     return report
 
 
@@ -175,7 +226,10 @@ def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dic
     from . import history
 
     stage = _stage(_stage_root(paths), Path(entry.path))
-    tags = [TAG, entry.name, f"trigger:{entry.trigger or 'unknown'}"]
+    # created: the bundle's own time, so `latest` is the newest bundle even when an older one was
+    # pushed later (after a failed push); the snapshot's time is only when it was pushed.
+    created = entry.created_at.astimezone(timezone.utc).strftime(CREATED_FORMAT)
+    tags = [TAG, entry.name, f"trigger:{entry.trigger or 'unknown'}", f"created:{created}"]
     project = history.project_id(paths)
     if project:
         tags.append(f"project:{project}")
@@ -193,15 +247,63 @@ def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dic
 
 def _with_repair(runner, target, args: list[str]) -> str:
     """Run restic; a repository that does not exist yet is initialised (the runner itself clears
-    stale locks and waits for live ones)."""
+    stale locks and waits for live ones).
+
+    Only an empty location is initialised: restic's `init` checks for a config file alone, and
+    one missing from a repository whose keys and data are there (damaged, or half-copied) would
+    get a second key and a new config, which leaves its snapshots unreadable. So SparkQ creates
+    a repository only where it can look first (a local folder, a rest: server), and only when
+    nothing is there; anywhere else it says how to create one."""
     try:
         return restic.run(runner, target, args)
     except restic.ResticError as exc:
         if not exc.no_repo:
             raise
+        empty = _empty_location(target)
+        if empty is None:
+            raise OffsiteFailed(f"no restic repository at {target.shown}; SparkQ creates one only on a local "
+                                f"path or a rest: server: create it with `restic -r {target.shown} init`") from None
+        if not empty:
+            raise OffsiteFailed(f"{target.shown} holds files but no restic config: it may be a damaged repository, "
+                                "and SparkQ does not initialise over it; check it with restic, or point "
+                                "offsite.repository at an empty location") from None
         log.get().info("offsite_init", repository=target.shown)
         restic.run(runner, target, ["init"])
     return restic.run(runner, target, args)
+
+
+def _empty_location(target) -> bool | None:
+    """Whether nothing is stored where the repository should be; None when we cannot look."""
+    repo = target.repository
+    if repo.startswith("/"):
+        try:
+            return not any(os.scandir(repo))
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return None
+    if not repo.startswith("rest:"):
+        return None
+    import base64
+    import json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = urllib.parse.urlsplit(repo[len("rest:"):])
+    host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname or ""
+    base = url._replace(netloc=host + (f":{url.port}" if url.port else "")).geturl().rstrip("/")
+    request = urllib.request.Request(base + "/keys/", headers={"Accept": "application/vnd.x.restic.rest.v2"})
+    if url.username is not None:
+        creds = f"{urllib.parse.unquote(url.username)}:{urllib.parse.unquote(url.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return not json.loads(resp.read() or b"[]")
+    except urllib.error.HTTPError as exc:
+        return True if exc.code == 404 else None
+    except (OSError, ValueError):
+        return None
 
 
 def _stage_root(paths) -> Path:
@@ -232,8 +334,14 @@ def _stage(stage: Path, bundle: Path) -> Path:
 
 def _forget(runner, target, settings) -> bool:
     """Apply the keep policy to SparkQ's snapshots; a failure is logged, the pushes stand."""
+    from .history import project_id
+
     keep = keep_policy(settings)
-    args = ["forget", "--prune", "--tag", TAG, *[x for k, n in keep.items() for x in (f"--keep-{k}", str(n))]]
+    # This project's snapshots only (a comma joins tags that must all be there): in a repository
+    # shared by several projects, each keeps its own history by its own policy.
+    project = project_id(settings.paths)
+    tags = f"{TAG},project:{project}" if project else TAG
+    args = ["forget", "--prune", "--tag", tags, *[x for k, n in keep.items() for x in (f"--keep-{k}", str(n))]]
     try:
         _with_repair(runner, target, args)
     except restic.ResticError as exc:
@@ -277,4 +385,4 @@ def _size(n) -> str:
     return human_size(n) if isinstance(n, int) else "?"
 
 
-__all__ = ["push", "spawn_push", "after_backup", "target_of", "keep_policy", "configured"]
+__all__ = ["push", "spawn_push", "after_backup", "target_of", "repository_of", "keep_policy", "configured"]

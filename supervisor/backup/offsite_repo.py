@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime
+import re
+from datetime import datetime, timezone
 
 from .. import log
-from ..errors import BackupNotFound, OffsiteFailed, VerificationFailed
+from ..errors import BackupNotFound, OffsiteFailed, UsageError, VerificationFailed
 from . import offsite_state, restic
-from .offsite import FETCH_PREFIX, TAG, target_of
+from .layout import BUNDLE_RE, PRE_RESTORE_PREFIX
+from .offsite import CREATED_FORMAT, FETCH_PREFIX, TAG, target_of
 
 _OWN_TAGS = (TAG,)
-_TAG_PREFIXES = ("trigger:", "project:")
+_TAG_PREFIXES = ("trigger:", "project:", "created:")
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Snapshot:
     project: str | None
     path: str
     data_added: int | None = None
+    created: str | None = None  # the bundle's time (offsite.CREATED_FORMAT); older pushes lack it
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -48,23 +51,37 @@ def _snapshot(raw: dict, known: dict[str, dict]) -> Snapshot:
         added = known[bundle].get("data_added")
     return Snapshot(id=raw["id"], time=raw.get("time", ""), host=raw.get("hostname", ""), bundle=bundle,
                     trigger=pick["trigger:"], project=pick["project:"], path=(raw.get("paths") or [""])[0],
-                    data_added=added)
+                    data_added=added, created=pick["created:"])
 
 
 def snapshots(settings) -> list[Snapshot]:
-    """SparkQ's snapshots in the repository, newest first."""
+    """SparkQ's snapshots in the repository, newest bundle first (a bundle pushed late, after a
+    failed push, is still older than the ones taken after it)."""
     target = target_of(settings)
     raw = restic.run_json(restic.find(), target, ["snapshots", "--tag", TAG]) or []
-    known = offsite_state.load(settings.paths).pushed
+    known = offsite_state.load(settings.paths, target.repository).pushed
     found = [_snapshot(r, known) for r in raw if isinstance(r, dict) and r.get("id")]
-    return sorted(found, key=lambda s: _when(s.time), reverse=True)
+    return sorted(found, key=_newest, reverse=True)
+
+
+def _newest(snap: Snapshot) -> tuple[datetime, datetime]:
+    """The bundle's own time (its `created:` tag), else the snapshot's; then the snapshot's."""
+    pushed = _when(snap.time)
+    try:
+        made = datetime.strptime(snap.created, CREATED_FORMAT).replace(tzinfo=timezone.utc) if snap.created else pushed
+    except ValueError:
+        made = pushed
+    return made, pushed
 
 
 def _when(text: str) -> datetime:
+    """restic's time (RFC 3339 with nanoseconds and an offset) as an aware datetime."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
     try:
-        return datetime.fromisoformat(text[:26].rstrip("Z") if "." in text else text.rstrip("Z"))
+        when = datetime.fromisoformat(text)
     except ValueError:
-        return datetime.min
+        return datetime.min.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -97,6 +114,9 @@ def find(settings, ref: str) -> Snapshot:
     """REF: `latest`, a bundle name, or a snapshot id (or its first characters)."""
     from . import history
 
+    if not ref.strip():
+        raise UsageError("empty backup reference; give latest, a bundle name or a snapshot id "
+                         "(see ./sparkq.sh backup-list --offsite)")
     found = snapshots(settings)
     if not found:
         raise BackupNotFound(f"the repository {target_of(settings).shown} holds no SparkQ snapshot; "
@@ -104,7 +124,9 @@ def find(settings, ref: str) -> Snapshot:
     if ref == "latest":
         mine = history.project_id(settings.paths)
         own = [s for s in found if mine and s.project == mine]
-        return (own or found)[0]
+        readable = [s for s in (own or found) if s.bundle and BUNDLE_RE.fullmatch(s.bundle)
+                    and not s.bundle.startswith(PRE_RESTORE_PREFIX)]
+        return (readable or own or found)[0]
     matches = [s for s in found if s.bundle == ref] or [s for s in found if s.id.startswith(ref.lower())]
     if not matches:
         raise BackupNotFound(f"no off-site snapshot {ref!r}; see ./sparkq.sh backup-list --offsite")
@@ -122,9 +144,16 @@ def fetch(settings, ref: str) -> str:
         raise OffsiteFailed(f"snapshot {snap.id[:8]} carries no bundle name tag; it was not pushed by SparkQ")
     backup_dir = settings.paths.backup_dir
     ensure_backup_dir(backup_dir)
-    if (backup_dir / snap.bundle).exists():
+    if os.path.lexists(backup_dir / snap.bundle):
+        local = [e for e in scan(backup_dir)[0] if e.name == snap.bundle]
+        problems = verify_entry(local[0]) if local else ["it is not a bundle SparkQ reads"]
+        if problems:  # never replaced or removed here: it is the user's, damaged or not
+            raise VerificationFailed(
+                f"the local copy of {snap.bundle} failed verification ({problems[0]}); nothing was changed; "
+                f"move it out of {backup_dir}, then run this again to fetch the off-site copy")
         log.get().info("offsite_fetch_local", bundle=snap.bundle)
-        return snap.bundle  # the same bundle is here already: restore verifies it anyway
+        return snap.bundle  # the same bundle is here already, and whole
+    _remove_dead_fetches(backup_dir)
     tmp = backup_dir / f"{FETCH_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o700)
@@ -146,6 +175,16 @@ def fetch(settings, ref: str) -> str:
         return snap.bundle
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_fetches(backup_dir) -> None:
+    """Temp folders of fetches whose process is gone (killed mid-download): they can be large."""
+    from ..process import alive
+
+    for item in os.scandir(backup_dir):
+        pid = item.name[len(FETCH_PREFIX):]
+        if item.name.startswith(FETCH_PREFIX) and pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(item.path, ignore_errors=True)
 
 
 @dataclass

@@ -36,6 +36,9 @@ def lock_file(paths) -> Path:
 @dataclass
 class State:
     pushed: dict[str, dict] = field(default_factory=dict)  # bundle name -> snapshot, at, data_added
+    # Which repository `pushed` and the failures are about (a hash: a URL may hold a password).
+    # Pointing offsite.repository elsewhere makes every bundle pending again.
+    repository: str | None = None
     failures: int = 0  # consecutive failed pushes
     last_failure: dict | None = None  # {"at": epoch, "error": one line}
     last_push_at: float | None = None
@@ -51,6 +54,9 @@ class State:
         self.last_failure = {"at": time.time(), "error": error}
         self.retry_at = time.time() + min(BACKOFF_FIRST_S * 2 ** (self.failures - 1), BACKOFF_MAX_S)
 
+    def clear_failure(self) -> None:
+        self.failures, self.retry_at = 0, None
+
     def retry_due(self, now: float | None = None) -> bool:
         return self.retry_at is None or (now or time.time()) >= self.retry_at
 
@@ -62,12 +68,26 @@ class State:
         self.pushed = {k: v for k, v in self.pushed.items() if k in names}
 
 
-def load(paths) -> State:
+def load(paths, repository: str) -> State:
+    """The state for `repository` (as offsite.repository_of gives it): a fresh one when what is
+    recorded was about another repository, so nothing counts as pushed there."""
+    rid = repository_id(repository)
     try:
         raw = json.loads(state_file(paths).read_bytes())
-        return State(**{k: raw[k] for k in State.__dataclass_fields__ if k in raw})
+        state = State(**{k: raw[k] for k in State.__dataclass_fields__ if k in raw})
     except (OSError, ValueError, TypeError):
-        return State()  # none yet, or damaged: every bundle counts as pending, which is safe
+        state = State()  # none yet, or damaged: every bundle counts as pending, which is safe
+    if state.repository is None:  # written before the repository was recorded: it was this one
+        state.repository = rid
+    if state.repository != rid:
+        state = State(repository=rid)
+    return state
+
+
+def repository_id(repository: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(repository.encode()).hexdigest()[:16]
 
 
 def save(paths, state: State) -> None:
@@ -80,7 +100,9 @@ def summary(settings, bundle_names: list[str]) -> dict | None:
     `bundle_names`: the regular bundles on disk (status scanned them already)."""
     if not configured(settings):
         return None
-    state = load(settings.paths)
+    from .offsite import repository_of
+
+    state = load(settings.paths, repository_of(settings))
     pending = [n for n in bundle_names if n not in state.pushed]
     failed = state.last_failure if state.failures else None
     return {

@@ -29,7 +29,14 @@ from ..errors import OffsiteFailed
 MIN_VERSION = (0, 14)  # Debian bookworm's restic: everything used here works from it on
 INSTALL_HINT = "install restic 0.14 or newer (Debian/Ubuntu: sudo apt-get install restic; macOS: brew install restic)"
 
-_URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^@/\s]+)@", re.I)
+# user:password@ in a URL: the password runs to the last @ before the host (it may hold an @).
+_URL_SECRET = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<secret>[^/\s]*)@", re.I)
+# key=value options of an rclone or other backend string (rclone::s3,secret_access_key=...:bucket).
+_OPTION_SECRET = re.compile(r"(?P<key>\b[a-z0-9_]*(?:secret|key|token|pass|password|sas|auth)[a-z0-9_]*)=[^,:\s]+",
+                            re.I)
+# restic could not talk to the backend at all: the repository may well be there.
+_UNREACHABLE = ("connection refused", "no such host", "dial tcp", "i/o timeout", "network is unreachable",
+                "connection reset", "tls:", "x509:", "timeout awaiting response", "server misbehaving")
 # What restic says when a repository is not there yet (local and REST backends alike).
 _NO_REPO = ("Is there a repository at the following location?", "repository does not exist")
 _REPLACED = {"RESTIC_REPOSITORY", "RESTIC_REPOSITORY_FILE", "RESTIC_PASSWORD", "RESTIC_PASSWORD_FILE",
@@ -40,8 +47,10 @@ _LOCKED = re.compile(r"already locked(?: exclusively)?(?: by (?P<holder>[^\n]*))
 
 
 def redact(text: str) -> str:
-    """`rest:https://user:secret@host/` -> `rest:https://user:***@host/`."""
-    return _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    """`rest:https://user:secret@host/` -> `rest:https://user:***@host/`, and a backend option
+    such as `secret_access_key=...` -> `secret_access_key=***`."""
+    text = _URL_SECRET.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _OPTION_SECRET.sub(lambda m: f"{m['key']}=***", text)
 
 
 @dataclass(frozen=True)
@@ -89,9 +98,9 @@ def find() -> Restic:
 class ResticError(OffsiteFailed):
     """restic ran and failed; the message is its own last line, redacted."""
 
-    def __init__(self, message: str, *, no_repo: bool = False, locked: bool = False):
+    def __init__(self, message: str, *, no_repo: bool = False, locked: bool = False, unreachable: bool = False):
         super().__init__(message)
-        self.no_repo, self.locked = no_repo, locked
+        self.no_repo, self.locked, self.unreachable = no_repo, locked, unreachable
 
 
 def run(restic: Restic, target: Target, args: list[str], *, timeout: float | None = None,
@@ -167,11 +176,15 @@ def json_lines(text: str) -> list[dict]:
 def _error(command: str, stderr: str, code: int, target: Target) -> ResticError:
     text = redact(stderr)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    no_repo = any(marker in text for marker in _NO_REPO)
+    unreachable = any(marker in text.lower() for marker in _UNREACHABLE)
+    no_repo = any(marker in text for marker in _NO_REPO) and not unreachable
     held = _LOCKED.search(text)
     locked = held is not None
     if "wrong password" in text:
         why = f"wrong password for {target.shown} (the password file {target.password_file} does not open it)"
+    elif unreachable:
+        first = next((ln for ln in lines if any(m in ln.lower() for m in _UNREACHABLE)), lines[0] if lines else "")
+        why = f"cannot reach {target.shown} ({first.removeprefix('Fatal: ')[:200]})"
     elif no_repo:
         why = f"no restic repository at {target.shown}"
     elif held is not None:
@@ -181,4 +194,4 @@ def _error(command: str, stderr: str, code: int, target: Target) -> ResticError:
         fatal = [ln for ln in lines if ln.lower().startswith("fatal")]
         why = (fatal or lines or [f"exit status {code}"])[-1].removeprefix("Fatal: ")
         why = why[:300]
-    return ResticError(f"restic {command} failed: {why}", no_repo=no_repo, locked=locked)
+    return ResticError(f"restic {command} failed: {why}", no_repo=no_repo, locked=locked, unreachable=unreachable)

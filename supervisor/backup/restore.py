@@ -169,13 +169,13 @@ def _prepare(settings, ref: str, scope: str, tables: list[str] | None, *, verify
     """Everything that only reads: refusals, the backup, its verification (unless the caller
     verifies later), the plan."""
     paths = settings.paths
-    _refuse_if_in_use(paths, [])
+    _refuse_if_in_use(paths, [], ours_wait=True)
     entry = resolve(settings, ref)
     if tables and entry.db_file is None:
         raise UsageError(f"backup {entry.name} has no sparkq.db to merge tables from; pick another backup")
     plan = build_plan(entry, scope, tables, paths, verify=verify)
     plan.warnings[:0] = history.origin_warnings(entry, settings)  # another project, DB path or host
-    _refuse_if_in_use(paths, plan.steps)  # a target the restored config moves the DB to
+    _refuse_if_in_use(paths, plan.steps, ours_wait=True)  # a target the restored config moves the DB to
     plan.fingerprint = fingerprint(entry, plan.steps, paths)
     return entry, plan
 
@@ -183,7 +183,17 @@ def _prepare(settings, ref: str, scope: str, tables: list[str] | None, *, verify
 # --- step 1: refuse while the database is in use ---------------------------------------------
 
 
-def _refuse_if_in_use(paths, steps: list[Step]) -> None:
+def refuse_if_in_use(paths) -> None:
+    """InUse when the server, its supervisor or another process uses the database (an off-site
+    restore asks before it downloads anything)."""
+    _refuse_if_in_use(paths, [], ours_wait=True)
+
+
+def _refuse_if_in_use(paths, steps: list[Step], *, ours_wait: bool = False) -> None:
+    """InUse when the server, its supervisor or another process uses a database the restore
+    touches. `ours_wait` (before the lock): a process that holds the supervisor lock (our own
+    `sparkq backup`) is not refused: the restore's lock waits for it, and the check under the
+    lock runs again."""
     from .. import pidfile
     from ..locking import describe_pid
 
@@ -199,7 +209,7 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
     dbs = dict.fromkeys([real(paths.db)] + [s.target for s in steps if s.kind == "db"])
     for db in dbs:
         holder = db_holder(db)
-        if holder is None:
+        if holder is None or (ours_wait and holder > 0 and _holds_lock(holder, paths.lockfile)):
             continue
         if holder > 0:
             # Not our server (that was asked above): ./sparkq.sh stop would not end it.
@@ -208,6 +218,17 @@ def _refuse_if_in_use(paths, steps: list[Step]) -> None:
                         "then retry")
         raise InUse(f"another process is using {db} (its PID could not be found); close the program "
                     f"that has it open (`fuser -v {db}` names it), then retry")
+
+
+def _holds_lock(pid: int, lockfile: Path) -> bool:
+    """Whether process `pid` has the supervisor's lock file open (one of our commands)."""
+    import psutil
+
+    try:
+        mine = os.path.realpath(lockfile)
+        return any(f.path == mine for f in psutil.Process(pid).open_files())
+    except psutil.Error:
+        return False
 
 
 # --- step 5: keep the current state -----------------------------------------------------------

@@ -205,6 +205,10 @@ class _LockTimeout(Exception):
     pass
 
 
+class NotADatabase(BackupFailed):
+    """The live database file does not start like an SQLite database."""
+
+
 def _check_header(src: Path) -> None:
     try:
         with open(src, "rb") as fh:
@@ -214,7 +218,7 @@ def _check_header(src: Path) -> None:
     except OSError as exc:
         raise os_failure(exc, f"reading the database {src}") from None
     if head and head != _SQLITE_MAGIC:
-        raise BackupFailed(
+        raise NotADatabase(
             f"backup failed: {src} is not a SQLite database; check database.path in sparkq.yml "
             "or restore a backup (./sparkq.sh backup-list)"
         )

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from datetime import datetime
 
 import psutil
@@ -88,6 +89,7 @@ def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, f
     bundles = sorted(p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))
     status = wait_until(lambda: (s := _status(project))["state"] == "fatal" and s, timeout=60, what="fatal")
     assert status["exit"] == 3 and "server.start_retries" in status["reason"]
+    assert "last exit: status 9 at " in status["reason"] and "{" not in status["reason"].splitlines()[0]
     assert status["last_exit"]["code"] == 9 and status["last_exit"]["at"]
     # Gaps between an exit and the next spawn, from the supervisor log's own timestamps.
     exits = [datetime.fromisoformat(e["timestamp"]) for e in _events(project, "server_exited_unexpectedly")]
@@ -98,6 +100,8 @@ def test_a_crash_loop_ends_fatal_with_growing_gaps_and_no_new_bundles(project, f
     assert after == bundles  # restarts of an unchanged state wrote no new bundle
     assert project.cli("status").stdout.startswith("fatal")
     wait_until(lambda: not fake.running(), timeout=10, what="no server left")
+    assert project.cli("stop").returncode == 0  # a person has seen it: the next start begins afresh
+    assert _status(project)["state"] == "stopped"
 
 
 def test_a_crash_loop_that_writes_never_prunes_older_backups(project, fake):
@@ -139,8 +143,22 @@ def test_a_sigstopped_server_is_replaced(project, fake):
                        timeout=40, what="a replacement")
     assert again["pid"] != first["pid"] and fake.gone(first["pid"])
     assert _events(project, "server_hung")
+    assert again["last_exit"].get("hung") is True
+    assert "stopped for not answering its health checks" in project.cli("status").stdout
     project.reaper.adopt_pidfile(project.pidfile)
     _stop_and_check(project, first["supervisor_pid"])
+
+
+def test_stop_resumes_a_suspended_supervisor_instead_of_waiting_on_it(project, fake):
+    _configure(fake)
+    status = _started(project)
+    supervisor = status["supervisor_pid"]
+    project.reaper.add(supervisor)
+    os.kill(supervisor, signal.SIGSTOP)
+    began = time.monotonic()
+    _stop_and_check(project, supervisor)
+    assert time.monotonic() - began < 8  # not the stop_timeout + 10 s of a SIGKILL
+    assert _events(project, "supervisor_released") and not _events(project, "supervisor_killed")
 
 
 def test_a_killed_supervisor_leaves_unsupervised_and_stop_cleans_up(project, fake):
@@ -178,7 +196,7 @@ def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project,
     result = project.cli("backup-restore", "1", "--db-only", "--yes")
     assert result.returncode == 6 and "supervisor" in result.stderr, result.stderr
     again = project.cli("start", "--skip-backup")  # never a second server beside the one it will start
-    assert again.returncode == 1 and "starts the server itself" in again.stderr, again.stderr
+    assert again.returncode == 1 and "is in backoff and starts the server itself" in again.stderr, again.stderr
     supervisor = _status(project)["supervisor_pid"]
     project.reaper.add(supervisor)
     _stop_and_check(project, supervisor)

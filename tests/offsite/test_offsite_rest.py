@@ -132,7 +132,9 @@ def test_the_supervisor_loop_pushes_again_once_the_backoff_is_over(hermetic_cach
     monkeypatch.setenv("RESTIC_CACHE_DIR", project.env["RESTIC_CACHE_DIR"])  # the push child's env
     settings = config.load()
     loop = Supervisor(settings, "run", Notifier(None), StopSignals(Notifier(None)))
-    state = offsite_state.load(settings.paths)
+    from supervisor.backup.offsite import repository_of
+
+    state = offsite_state.load(settings.paths, repository_of(settings))
     assert state.failures == 1 and not state.retry_due()
 
     loop.next_offsite_check = 0.0  # the loop's minute is over, the backoff's is not
@@ -146,4 +148,4 @@ def test_the_supervisor_loop_pushes_again_once_the_backoff_is_over(hermetic_cach
     loop.periodic()
     reap_pushers(project.root)
     info = json.loads(project.cli("status", "--json").stdout)["offsite"]
-    assert info["pending"] == 0 and offsite_state.load(settings.paths).failures == 0, info
+    assert info["pending"] == 0 and offsite_state.load(settings.paths, repository_of(settings)).failures == 0, info

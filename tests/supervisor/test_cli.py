@@ -12,7 +12,8 @@ import pytest
 from helpers import SPARKQ_SH, one_line_error
 
 BACKUP_GUIDE_COMMANDS = ["start", "run", "restart", "stop", "status", "setup", "backup-list", "backup-show",
-                         "backup-restore", "export-prompts", "--db-only", "--config-only", "--yes"]
+                         "backup-restore", "export-prompts", "--db-only", "--config-only", "--yes", "logs",
+                         "backoff", "fatal"]
 
 
 def test_sparkq_sh_help_names_every_guide_command(project):

@@ -110,3 +110,16 @@ def test_keep_env_wins_over_file(project, monkeypatch):
 def test_supervision_keys_are_validated(project, line):
     with pytest.raises(ConfigError, match=line.split(":")[0]):
         load(project, f"server:\n  {line}\n")
+
+
+@pytest.mark.parametrize("url,good", [("/health", True), ("/api/health?x=1", True), ("health", False),
+                                      ("ftp://x/health", False), ("http://127.0.0.1:8000/health", True),
+                                      ("https://example.test/h", True), ("http://:80/", False),
+                                      ("http://h:port/", False), ("/he alth", False)])
+def test_health_url_is_a_path_or_an_http_url(project, url, good):
+    text = f"server:\n  health_url: {url!r}\n"
+    if good:
+        assert load(project, text).values["server.health_url"] == url
+    else:
+        with pytest.raises(ConfigError, match="server.health_url"):
+            load(project, text)
