@@ -116,7 +116,7 @@ def _pushing(settings, *, wait: float | None = None):
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise _Busy(f"another off-site push of this project has run for over {wait:.0f}s "
-                                        "(offsite.lock_timeout); let it finish, then try again") from None
+                                "(offsite.lock_timeout); let it finish, then try again") from None
                 if not told:
                     print(f"sparkq: waiting for another off-site push of this project to finish (giving up "
                           f"after {wait:.0f}s)", file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ from . import history, staging
 from .catalog import resolve
 from .dbfiles import checkpoint, db_holder
 from .history import unshare_pre_restore
-from .layout import DB_NAME, JOURNAL, PRE_RESTORE_PREFIX, WAL, sidecar
+from .layout import DB_NAME, ENV_NAME, JOURNAL, PRE_RESTORE_PREFIX, WAL, YML_NAME, sidecar
 from .restore_plan import (
     SCOPES, Plan, Step, build_plan, check_tables, fingerprint, label, links_live_db, real, verify_whole,
 )
@@ -379,12 +379,43 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
     # A database placed where the restored config looks left the old one untouched: undoing is
     # putting the config files back.
     moved = any(s.kind == "db" and s.target != live_db for s in steps)
-    undo = f"./sparkq.sh backup-restore {pre_path.name}{_SCOPE_FLAG['config' if moved else scope]} --yes"
+    undo = _undo(settings, pre_path, "config" if moved else scope)
     log.get().info("restore_done", backup=entry.name, scope=scope, pre_restore=pre_path.name,
                    targets=[s.target.name for s in steps])
     return RestoreResult(backup=entry.name, scope=scope, tables=None, restored=restored, merged={},
                          pre_restore=pre_path.name, pre_restore_path=str(pre_path), undo=undo,
                          pre_restore_db=how, notes=plan.notes + notes)
+
+
+def _undo(settings, pre_path: Path, scope: str) -> str:
+    """The command that puts back what this restore replaced, from its pre-restore bundle.
+
+    It must work from the state the restore leaves: a scope the bundle can give (a project with
+    no database before has none in it), and the old sparkq.yml first when the restored one reads
+    its backups from another backup.dir (the pre-restore bundle is in the current one)."""
+    held = {name for name in (DB_NAME, YML_NAME, ENV_NAME) if (pre_path / name).is_file()}
+    if scope in ("full", "db") and DB_NAME not in held:
+        if scope == "db" or not held & {YML_NAME, ENV_NAME}:
+            return ("nothing to put back by a restore: the project had no database"
+                    f"{'' if scope == 'db' else ', sparkq.yml or .env'} before this one")
+        scope = "config"
+    command = f"./sparkq.sh backup-restore {pre_path.name}{_SCOPE_FLAG[scope]} --yes"
+    if YML_NAME in held and real(_backup_dir_after(settings)) != real(settings.paths.backup_dir):
+        command = f"cp {pre_path / YML_NAME} {settings.paths.config_file} && {command}"
+    return command
+
+
+def _backup_dir_after(settings) -> Path:
+    """backup.dir as the sparkq.yml now in place says (the current one when it does not load)."""
+    from .. import config
+    from ..errors import ConfigError
+
+    paths = settings.paths
+    try:
+        return config.settings_from_file(paths.config_file, root=paths.root,
+                                         config_file=paths.config_file).paths.backup_dir
+    except (ConfigError, OSError):
+        return paths.backup_dir
 
 
 # --- step 7: --tables merge -------------------------------------------------------------------

@@ -66,3 +66,38 @@ def test_a_fifo_env_never_blocks_a_backup_or_a_restore(project):
     bundle = next(p for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_2"))
     assert not (bundle / ".env").exists()
     ok(project.cli("backup-restore", "1", "--db-only", "--yes", timeout=60))
+
+
+def _undo(out: str) -> str:
+    return out.split("undo: ", 1)[1].splitlines()[0]
+
+
+def test_the_printed_undo_works_when_the_restored_config_reads_another_backup_dir(project):
+    from helpers import SPARKQ_SH
+
+    ok(project.cli("setup"))
+    before = project.config.read_text()
+    project.config.write_text(before + "backup:\n  dir: sparkq/data/backups2\n")
+    ok(project.cli("backup"))  # its sparkq.yml reads backups2
+    project.config.write_text(before)
+    other = project.root / "sparkq/data/backups2"
+    project.backup_dir.mkdir(parents=True, exist_ok=True)
+    for bundle in other.iterdir():
+        if bundle.name.startswith("sparkq_"):
+            os.rename(bundle, project.backup_dir / bundle.name)
+    out = ok(project.cli("backup-restore", "1", "--yes")).stdout
+    assert "backups2" in project.config.read_text()
+    undo = _undo(out).replace("./sparkq.sh", str(SPARKQ_SH))
+    done = subprocess.run(["bash", "-c", undo], cwd=project.root, env=project.env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, (undo, done.stderr)
+    assert project.config.read_text() == before
+
+
+def test_the_undo_of_a_restore_into_an_empty_project_says_there_is_nothing_to_put_back(project):
+    ok(project.cli("setup"))
+    ok(project.cli("backup"))
+    for path in (project.db, project.config, project.root / ".env"):
+        path.unlink()
+    out = ok(project.cli("backup-restore", "1", "--yes")).stdout
+    assert "nothing to put back by a restore" in _undo(out)
