@@ -368,7 +368,8 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
                 f"restore interrupted while placing {where}; what was already placed is back as it was "
                 f"(the previous state is also in {pre_path.name}); run the restore again when ready"
             ) from None
-        log.get().error("restore_failed", backup=entry.name, target=str(where), error=str(exc))
+        # info, not error: the one line below is what the console shows; the log file keeps both
+        log.get().info("restore_failed", backup=entry.name, target=str(where), error=str(exc))
         raise SparkqError(
             f"restore failed placing {where} ({exc}); what was already placed is back as it was "
             f"(the previous state is also in {pre_path.name}); check free space and permissions, then retry"
