@@ -40,6 +40,8 @@ class _Commands(TyperGroup):
         try:
             return super().make_context(*args, **kwargs)
         except _ClickUsageError as exc:  # the root's own options (sparkq --bogus)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # `sparkq` alone: click shows the help
+                raise
             raise _one_line(exc) from None
 
     def invoke(self, ctx):
@@ -89,11 +91,14 @@ def _root(
     state.update(config=config, debug=debug, verbose=verbose)
 
 
-def load_settings(*, lenient: bool = False, quiet_missing: bool = False):
-    """Load the config once per command; set up logging from it."""
+def load_settings(*, lenient: bool = False, quiet_missing: bool = False, strict: tuple[str, ...] = ()):
+    """Load the config once per command; set up logging from it. `strict`: sections whose bad
+    value stops the command even when loading leniently (one line, before any notice)."""
     from . import config, log
 
     settings = config.load(state["config"], lenient=lenient)
+    for section in strict:
+        settings.strict_for(section)
     log.setup(settings.paths.supervisor_log, verbose=state["verbose"])
     for warning in settings.warnings:
         print(f"sparkq: warning: {warning}", file=sys.stderr)

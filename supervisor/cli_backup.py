@@ -85,7 +85,7 @@ def backup_list(
     if offsite:
         from .backup.offsite_repo import list_offsite
 
-        emit(list_offsite(load_settings()), as_json)  # strict: a bad offsite value is named, not "not configured"
+        emit(list_offsite(load_settings(lenient=True, strict=("offsite",))), as_json)
         return
     from .backup.listing import list_backups
 
@@ -123,7 +123,7 @@ def backup_verify(
             raise UsageError("--offsite checks the whole repository; it takes no N|NAME or --all")
         from .backup.offsite_repo import check
 
-        checked = check(load_settings(), read_data=read_data)
+        checked = check(load_settings(lenient=True, strict=("offsite",)), read_data=read_data)
         emit(checked, as_json)
         exit_with(checked.exit_code)
         return
@@ -183,7 +183,7 @@ def backup_restore(
         raise UsageError("--json needs --yes: a script cannot answer the confirmation prompt")
     from .backup import restore
 
-    settings = load_settings(lenient=not offsite)
+    settings = load_settings(lenient=True, strict=("offsite",) if offsite else ())
     if offsite:
         from .backup.offsite_repo import fetch
 

@@ -69,6 +69,16 @@ class Settings:
     values: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     notice: str | None = None  # set when lenient loading fell back to defaults
+    # Lenient loading: the keys (or whole sections) whose bad value was replaced by the default,
+    # with the message. Code that must not act on a default in place of the user's value (the
+    # off-site keep policy, say) asks `strict_for`.
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def strict_for(self, section: str) -> None:
+        """ConfigError when a key of `section` was skipped by lenient loading."""
+        for key, message in self.skipped.items():
+            if key.split(".")[0] == section:
+                raise ConfigError(message)
 
     # One typed property per key: code outside this module never spells a key as a string.
 
@@ -209,7 +219,7 @@ def load(
             if not lenient:
                 raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
         return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
-    skipped: list[str] | None = [] if lenient else None
+    skipped: dict[str, str] | None = {} if lenient else None
     try:
         raw = read_cached(path, root / "sparkq" / "data" / CACHE_NAME)
         values, warnings = _validate(path, raw, skipped)
@@ -221,22 +231,25 @@ def load(
     notice = None
     if skipped:  # only the bad keys fall back: database.path still finds a running server
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        notice = f"{skipped[0]}{more}; using the default for it until it is fixed"
-    return _build(root, path, values, warnings, notice=notice)
+        notice = f"{next(iter(skipped.values()))}{more}; using the default for it until it is fixed"
+    return _build(root, path, values, warnings, notice=notice, skipped=skipped or {})
 
 
 def settings_from_file(path: Path, *, root: Path, config_file: Path) -> Settings:
-    """Settings from the sparkq.yml at `path`, read and checked by the rules of `load`, as if it
-    stood at `config_file` (its relative paths resolve there): what restoring that file would give.
+    """Settings from the sparkq.yml at `path`, as if it stood at `config_file` (its relative paths
+    resolve there): what restoring that file would give, read as the recovery commands would read
+    it (leniently: a bad value keeps its default, listed in `skipped`).
 
-    No cache (the file is not the project's) and no lenient fallback: a broken file raises
+    No cache (the file is not the project's). A file that is not YAML, or not a mapping, raises
     ConfigError naming `path`.
     """
-    values, warnings = _validate(path, read_yaml(path))
-    return _build(root, config_file, values, warnings)
+    skipped: dict[str, str] = {}
+    values, warnings = _validate(path, read_yaml(path), skipped)
+    return _build(root, config_file, values, warnings, skipped=skipped)
 
 
-def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], notice=None) -> Settings:
+def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], notice=None,
+           skipped: dict[str, str] | None = None) -> Settings:
     values = {key: given.get(key, spec[1]) for key, spec in _SCHEMA.items()}
     base = path.parent
 
@@ -250,10 +263,10 @@ def _build(root: Path, path: Path, given: dict[str, Any], warnings: list[str], n
         db=resolve(values["database.path"]),
         backup_dir=resolve(values["backup.dir"]),
     )
-    return Settings(paths=paths, values=values, warnings=warnings, notice=notice)
+    return Settings(paths=paths, values=values, warnings=warnings, notice=notice, skipped=skipped or {})
 
 
-def _validate(path: Path, raw: Any, skipped: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+def _validate(path: Path, raw: Any, skipped: dict[str, str] | None = None) -> tuple[dict[str, Any], list[str]]:
     """(values by dotted key, warnings). A bad section or value raises ConfigError, unless
     `skipped` is given (lenient loading): then its message goes there and the key keeps its default."""
     if raw is None:
@@ -286,11 +299,11 @@ def _validate(path: Path, raw: Any, skipped: list[str] | None = None) -> tuple[d
                 except ConfigError as exc:
                     if skipped is None:
                         raise
-                    skipped.append(str(exc))
+                    skipped[dotted] = str(exc)
         except ConfigError as exc:
             if skipped is None:
                 raise
-            skipped.append(str(exc))
+            skipped[section] = str(exc)
     return values, warnings
 
 

@@ -30,6 +30,7 @@ from .signals import StopSignals, Watchdog, reap_orphans
 
 STABLE_S = 30.0  # healthy this long: the next crash is a fresh failure, backoff from 1 s
 OFFSITE_CHECK_S = 60.0  # how often the loop looks for failed off-site pushes to retry
+PENDING_PUSH_EVERY_S = 15 * 60.0  # pending bundles with no failure recorded (a killed push) are retried this often
 
 
 # --- the loop -------------------------------------------------------------------------------
@@ -50,6 +51,8 @@ class Supervisor:
     # A restart's backup, pruned only once the server has stayed up STABLE_S: a server that gets
     # healthy and crashes again (a crash loop that still writes) must not rotate history out.
     unpruned: object | None = None
+    next_prune_try: float = 0.0  # monotonic: while the lock is busy, look again a few seconds later
+    next_pending_push: float = 0.0  # monotonic: pushes of pending bundles with no failure recorded
 
     def __post_init__(self) -> None:
         self.state = own_state(self.mode)
@@ -92,8 +95,14 @@ class Supervisor:
 
             state = offsite_state.load(self.settings.paths, repository_of(self.settings))
             pending = [e for e in scan(self.settings.paths.backup_dir)[0] if e.name not in state.pushed]
-            if pending and state.retry_due():
-                spawn_push(self.settings)
+            if not pending or not state.retry_due():
+                return
+            if not state.failures:  # nothing recorded why: try, but not every minute if it never lands
+                now = time.monotonic()
+                if now < self.next_pending_push:
+                    return
+                self.next_pending_push = now + PENDING_PUSH_EVERY_S
+            spawn_push(self.settings)
         except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
             log.get().warning("offsite_retry_failed", error=str(exc))
 
@@ -165,7 +174,7 @@ class Supervisor:
             now = time.monotonic()
             if now - began >= STABLE_S:
                 self.delay = 1.0
-                if self.unpruned is not None:
+                if self.unpruned is not None and now >= self.next_prune_try:
                     self._prune_restart_backup()
             self.periodic()
             if interval and now >= next_check:
@@ -182,15 +191,20 @@ class Supervisor:
     def _prune_restart_backup(self) -> None:
         """Retention for the last restart's backup, now that the server stayed up; under the
         shared lock, like any backup's, and tried again on the next pass while another holds it."""
+        import contextlib
+
         from . import prestart
 
-        try:
-            with file_lock(self.settings.paths.lockfile, wait=0, shared=True):
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(file_lock(self.settings.paths.lockfile, wait=0, shared=True))
+            except SparkqError:  # busy (a restore, a stop): look again in a few seconds
+                self.next_prune_try = time.monotonic() + 5.0
+                return
+            try:
                 prestart.prune_after_healthy(self.settings, self.unpruned)
-        except SparkqError:
-            return  # busy (a restore, a stop): the next pass tries again
-        except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
-            log.get().warning("restart_prune_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the loop keeps the server up whatever this does
+                log.get().warning("restart_prune_failed", error=str(exc))  # once: the next backup prunes
         self.unpruned = None
 
     def _restart(self, rc: int):

@@ -44,7 +44,11 @@ FETCH_PREFIX = ".offsite-fetch-"
 
 
 def target_of(settings) -> restic.Target:
-    """The configured repository, password file and backend credentials, checked."""
+    """The configured repository, password file and backend credentials, checked.
+
+    A bad value in the `offsite` section is an error here even when sparkq.yml was read leniently:
+    a push must never run `forget` with a default keep policy in place of the user's."""
+    settings.strict_for("offsite")
     base = settings.paths.config_file.parent
     if not repository_of(settings):
         raise UsageError("off-site copies are not configured; add an `offsite:` section with repository and "
@@ -115,8 +119,8 @@ def _pushing(settings, *, wait: float | None = None):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise _Busy(f"another off-site push of this project has run for over {wait:.0f}s "
-                                "(offsite.lock_timeout); let it finish, then try again") from None
+                    raise _Busy(f"waited {wait:.0f}s (offsite.lock_timeout) for another off-site push of this "
+                                "project, which still runs; try again when it has ended") from None
                 if not told:
                     print(f"sparkq: waiting for another off-site push of this project to finish (giving up "
                           f"after {wait:.0f}s)", file=sys.stderr, flush=True)
@@ -249,48 +253,58 @@ def _with_repair(runner, target, args: list[str]) -> str:
     """Run restic; a repository that does not exist yet is initialised (the runner itself clears
     stale locks and waits for live ones).
 
-    Only an empty location is initialised: restic's `init` checks for a config file alone, and
-    one missing from a repository whose keys and data are there (damaged, or half-copied) would
-    get a second key and a new config, which leaves its snapshots unreadable. So SparkQ creates
-    a repository only where it can look first (a local folder, a rest: server), and only when
-    nothing is there; anywhere else it says how to create one."""
+    Only a location without restic's own files is initialised: `restic init` checks for a config
+    file alone, and one missing from a repository whose keys and data are there (damaged, or
+    half-copied) would get a second key and a new config, which leaves its snapshots unreadable.
+    SparkQ can look first on a local path and a rest: server; elsewhere it says how to init."""
     try:
         return restic.run(runner, target, args)
     except restic.ResticError as exc:
         if not exc.no_repo:
             raise
-        empty = _empty_location(target)
-        if empty is None:
-            raise OffsiteFailed(f"no restic repository at {target.shown}; SparkQ creates one only on a local "
-                                f"path or a rest: server: create it with `restic -r {target.shown} init`") from None
-        if not empty:
-            raise OffsiteFailed(f"{target.shown} holds files but no restic config: it may be a damaged repository, "
-                                "and SparkQ does not initialise over it; check it with restic, or point "
-                                "offsite.repository at an empty location") from None
+        found = _restic_files(target)
+        if isinstance(found, str):
+            raise OffsiteFailed(f"no restic repository at {target.shown}, and SparkQ {found}; create it with "
+                                f"`restic -r '{target.shown}' --password-file '{target.password_file}' init` "
+                                "(with offsite.env_file's variables set, if any)") from None
+        if found:
+            raise OffsiteFailed(f"{target.shown} holds restic files ({', '.join(found)}) but no config: it may be "
+                                "a damaged repository, and SparkQ does not initialise over it; check it with "
+                                "restic, or point offsite.repository at an empty location") from None
         log.get().info("offsite_init", repository=target.shown)
         restic.run(runner, target, ["init"])
     return restic.run(runner, target, args)
 
 
-def _empty_location(target) -> bool | None:
-    """Whether nothing is stored where the repository should be; None when we cannot look."""
-    repo = target.repository
+# What `restic init` writes; any of them where a repository has no config means a damaged one.
+_RESTIC_ENTRIES = ("config", "keys", "data", "index", "snapshots", "locks")
+
+
+def _restic_files(target) -> list[str] | str:
+    """restic's own entries found where the repository should be (empty: none, safe to init),
+    or why SparkQ could not look (a backend other than local and rest:, a refused request)."""
+    repo = target.repository.removeprefix("local:")
     if repo.startswith("/"):
         try:
-            return not any(os.scandir(repo))
+            return sorted(n for n in os.listdir(repo) if n in _RESTIC_ENTRIES)
         except FileNotFoundError:
-            return True
-        except OSError:
-            return None
+            return []
+        except OSError as exc:
+            return f"could not look into it ({exc.strerror})"
     if not repo.startswith("rest:"):
-        return None
+        return "creates a repository itself only on a local path or a rest: server"
+    return _rest_keys(repo[len("rest:"):])
+
+
+def _rest_keys(base_url: str) -> list[str] | str:
+    """A rest: server's stored keys (restic's REST protocol, v2), as `_restic_files` answers."""
     import base64
     import json
     import urllib.error
     import urllib.parse
     import urllib.request
 
-    url = urllib.parse.urlsplit(repo[len("rest:"):])
+    url = urllib.parse.urlsplit(base_url)
     host = f"[{url.hostname}]" if ":" in (url.hostname or "") else url.hostname or ""
     base = url._replace(netloc=host + (f":{url.port}" if url.port else "")).geturl().rstrip("/")
     request = urllib.request.Request(base + "/keys/", headers={"Accept": "application/vnd.x.restic.rest.v2"})
@@ -299,11 +313,11 @@ def _empty_location(target) -> bool | None:
         request.add_header("Authorization", "Basic " + base64.b64encode(creds.encode()).decode())
     try:
         with urllib.request.urlopen(request, timeout=30) as resp:
-            return not json.loads(resp.read() or b"[]")
+            return ["keys"] if json.loads(resp.read() or b"[]") else []
     except urllib.error.HTTPError as exc:
-        return True if exc.code == 404 else None
-    except (OSError, ValueError):
-        return None
+        return [] if exc.code == 404 else f"could not look into it (HTTP {exc.code})"
+    except (OSError, ValueError) as exc:
+        return f"could not look into it ({exc})"
 
 
 def _stage_root(paths) -> Path:

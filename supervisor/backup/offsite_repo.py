@@ -10,9 +10,10 @@ two RESTIC_* variables), then `backup-restore --offsite latest --yes`.
 from __future__ import annotations
 
 import os
-import shutil
-from dataclasses import dataclass, field
 import re
+import shutil
+import socket
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .. import log
@@ -145,7 +146,8 @@ def fetch(settings, ref: str) -> str:
     backup_dir = settings.paths.backup_dir
     ensure_backup_dir(backup_dir)
     if os.path.lexists(backup_dir / snap.bundle):
-        local = [e for e in scan(backup_dir)[0] if e.name == snap.bundle]
+        regular, pre = scan(backup_dir)
+        local = [e for e in regular + pre if e.name == snap.bundle]
         problems = verify_entry(local[0]) if local else ["it is not a bundle SparkQ reads"]
         if problems:  # never replaced or removed here: it is the user's, damaged or not
             raise VerificationFailed(
@@ -154,7 +156,7 @@ def fetch(settings, ref: str) -> str:
         log.get().info("offsite_fetch_local", bundle=snap.bundle)
         return snap.bundle  # the same bundle is here already, and whole
     _remove_dead_fetches(backup_dir)
-    tmp = backup_dir / f"{FETCH_PREFIX}{os.getpid()}"
+    tmp = backup_dir / f"{FETCH_PREFIX}{_HOST}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o700)
     try:
@@ -177,13 +179,18 @@ def fetch(settings, ref: str) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
 def _remove_dead_fetches(backup_dir) -> None:
-    """Temp folders of fetches whose process is gone (killed mid-download): they can be large."""
+    """Temp folders of this host's fetches whose process is gone (killed mid-download): they can
+    be large. Another host's (a backup dir shared over the network) is its own to clean."""
     from ..process import alive
 
+    mine = f"{FETCH_PREFIX}{_HOST}-"
     for item in os.scandir(backup_dir):
-        pid = item.name[len(FETCH_PREFIX):]
-        if item.name.startswith(FETCH_PREFIX) and pid.isdigit() and not alive(int(pid)):
+        pid = item.name[len(mine):]
+        if item.name.startswith(mine) and pid.isdigit() and not alive(int(pid)):
             shutil.rmtree(item.path, ignore_errors=True)
 
 

@@ -85,9 +85,13 @@ def load(paths, repository: str) -> State:
 
 
 def repository_id(repository: str) -> str:
+    """A repository's identity: without the password a URL may carry, which can change (rotated)
+    while the repository stays the same one."""
     import hashlib
 
-    return hashlib.sha256(repository.encode()).hexdigest()[:16]
+    from .restic import redact
+
+    return hashlib.sha256(redact(repository).encode()).hexdigest()[:16]
 
 
 def save(paths, state: State) -> None:

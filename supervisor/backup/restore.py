@@ -30,7 +30,7 @@ from typing import Callable
 from .. import log
 from ..errors import InUse, Interrupted, SparkqError, UsageError, VerificationFailed
 from ..fsutil import temp_of
-from ..interrupts import sigterm_unwinds
+from ..interrupts import sigterm_unwinds, uninterrupted
 from . import history, staging
 from .catalog import resolve
 from .dbfiles import checkpoint, db_holder
@@ -342,26 +342,28 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
         if staged is not None:
             staged.discard()
         raise  # a verification still running reads only the backup: nothing to wait for
-    if verifying is not None:  # done: the bundle was published after it passed
-        phases.seconds["verify"] = verifying.seconds
-    if how == "copy" and plan.pre_restore_db == "hard link":
-        notes.append("the current database was copied into the pre-restore bundle, not hard-linked "
-                     "(linking was refused there)")
-    placed: list[Step] = []
+    begun: dict[Path, tuple | None] = {}  # target -> its identity before this restore touched it
     where = steps[0].target if steps else None
     try:
+        if verifying is not None:  # done: the bundle was published after it passed
+            phases.seconds["verify"] = verifying.seconds
+        if how == "copy" and plan.pre_restore_db == "hard link":
+            notes.append("the current database was copied into the pre-restore bundle, not hard-linked "
+                         "(linking was refused there)")
         for step in steps:
             where = step.target
-            # Listed before it is placed: an interrupt between its rename and the next line must
-            # roll it back too. Rolling back a step not yet placed puts back what is there.
-            placed.append(step)
+            begun[step.target] = _identity(step.target)
             with phases("place"):
                 staging.place(step, staged)
     except BaseException as exc:  # Ctrl-C (and SIGTERM, see restore_backup) roll back too
-        if staged is not None:
-            staged.discard()
-        staging.roll_back(placed, pre_path, live_db)
-        unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
+        with uninterrupted():  # a second Ctrl-C must not cut the roll-back short
+            if staged is not None:
+                staged.discard()
+            # Placed: each target that is no longer the file it was (a rename makes a new inode),
+            # also one renamed just before the interrupt. One never reached is left alone.
+            staging.roll_back([s for s in steps if s.target in begun and _identity(s.target) != begun[s.target]],
+                              pre_path, live_db)
+            unshare_pre_restore(settings)  # the DB was not replaced: it may still be linked into pre_path
         if not isinstance(exc, Exception):
             log.get().info("restore_interrupted", backup=entry.name, target=str(where))
             raise Interrupted(
@@ -388,26 +390,46 @@ def _place_all(settings, entry, scope: str, plan: Plan, phases: _Phases,
                          pre_restore_db=how, notes=plan.notes + notes)
 
 
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _undo(settings, pre_path: Path, scope: str) -> str:
     """The command that puts back what this restore replaced, from its pre-restore bundle.
 
-    It must work from the state the restore leaves: a scope the bundle can give (a project with
-    no database before has none in it), and the old sparkq.yml first when the restored one reads
-    its backups from another backup.dir (the pre-restore bundle is in the current one)."""
+    It must work from the state the restore leaves: a scope the bundle can give (a project that
+    had no database, .env or sparkq.yml before has none in it), and the old sparkq.yml first when
+    the restored one reads its backups from another backup.dir (the pre-restore bundle is in the
+    current one)."""
+    import shlex
+
+    from .layout import TEMPLATES_MEMBER
+
     held = {name for name in (DB_NAME, YML_NAME, ENV_NAME) if (pre_path / name).is_file()}
-    if scope in ("full", "db") and DB_NAME not in held:
-        if scope == "db" or not held & {YML_NAME, ENV_NAME}:
-            return ("nothing to put back by a restore: the project had no database"
-                    f"{'' if scope == 'db' else ', sparkq.yml or .env'} before this one")
-        scope = "config"
+    if (pre_path / TEMPLATES_MEMBER).is_dir() and any((pre_path / TEMPLATES_MEMBER).iterdir()):
+        held.add(TEMPLATES_MEMBER)
+    asked = scope
+    if scope == "full" and DB_NAME not in held:
+        scope = "config"  # the database was not there before: putting the config back is the undo
+    needs = {"db": {DB_NAME}, "config": {YML_NAME, ENV_NAME}, "yml": {YML_NAME}, "env": {ENV_NAME},
+             "templates": {TEMPLATES_MEMBER}}.get(scope, set())
+    if needs and not needs & held:
+        what = " or ".join(sorted(needs | ({DB_NAME} if asked == "full" else set())))
+        return f"nothing to put back by a restore: the project had no {what} before this one"
     command = f"./sparkq.sh backup-restore {pre_path.name}{_SCOPE_FLAG[scope]} --yes"
     if YML_NAME in held and real(_backup_dir_after(settings)) != real(settings.paths.backup_dir):
-        command = f"cp {pre_path / YML_NAME} {settings.paths.config_file} && {command}"
+        command = (f"cp {shlex.quote(str(pre_path / YML_NAME))} {shlex.quote(str(settings.paths.config_file))}"
+                   f" && {command}")
     return command
 
 
 def _backup_dir_after(settings) -> Path:
-    """backup.dir as the sparkq.yml now in place says (the current one when it does not load)."""
+    """backup.dir as the sparkq.yml now in place gives it, read as the next command will read
+    it (leniently: a bad value elsewhere in the file keeps the backup.dir it sets)."""
     from .. import config
     from ..errors import ConfigError
 

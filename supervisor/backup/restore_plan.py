@@ -193,6 +193,9 @@ def _restored_config(yml: Path, paths, scope: str, notes: list[str], warnings: l
         notes.append(f"the backup's sparkq.yml does not load ({exc}); after the restore, commands fall "
                      "back to the default paths until it is fixed")
         return None
+    if restored.skipped:
+        notes.append(f"the backup's sparkq.yml has a bad value ({next(iter(restored.skipped.values()))}); "
+                     "after the restore, that key keeps its default until it is fixed, and `start` refuses it")
     host = restored.host
     if host.strip("[]") in config.WILDCARD_HOSTS:
         warnings.append(f"the backup's sparkq.yml binds server.host {host!r} (every network interface): "

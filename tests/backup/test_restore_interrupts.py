@@ -123,3 +123,36 @@ def test_an_interrupt_after_the_last_file_is_placed_says_the_restore_is_complete
     assert "nothing was changed" not in str(err.value)
     assert (project.root / ".env").read_text() != "LATER=1\n"
     assert "# later" not in project.config.read_text()
+
+
+def test_an_interrupt_before_a_step_leaves_its_target_alone(changed, monkeypatch):
+    """A .env that is a FIFO is not in the pre-restore bundle (it cannot be copied): an interrupt
+    before its step must not roll back, that is delete, a file the restore never touched."""
+    project = changed
+    env = project.root / ".env"
+    env.unlink()
+    os.mkfifo(env)
+    real_place = staging.place
+
+    def interrupt_before_env(step, staged=None):
+        if step.kind == "env":
+            raise KeyboardInterrupt
+        real_place(step, staged)
+
+    monkeypatch.setattr(staging, "place", interrupt_before_env)
+    with pytest.raises(Interrupted):
+        _restore()
+    assert stat.S_ISFIFO(os.lstat(env).st_mode)
+    assert "# later" in project.config.read_text()  # placed, then rolled back
+
+
+def test_a_roll_back_is_not_cut_short_by_another_signal():
+    from supervisor.interrupts import uninterrupted
+
+    reached = False
+    with uninterrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        reached = True
+    assert reached
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

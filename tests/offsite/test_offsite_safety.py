@@ -58,8 +58,18 @@ def test_a_repository_without_its_config_is_never_initialised_over(hermetic_cach
     made = _ok(project.cli("backup"))  # the local backup still succeeds
     assert "off-site: push failed" in made.stdout
     if backend == "local":  # (the REST server answers differently; neither is initialised over)
-        assert "holds files but no restic config" in made.stdout and "does not initialise over it" in made.stdout
+        assert "holds restic files (" in made.stdout and "keys" in made.stdout and "but no config" in made.stdout
+        assert "does not initialise over it" in made.stdout
     assert sorted(os.listdir(keys)) == before and not os.path.exists(config)
+
+
+def test_a_folder_with_other_files_is_still_initialised(hermetic_cache, local_repo, password_file):
+    """A new drive's lost+found is not a damaged repository."""
+    project = hermetic_cache
+    os.makedirs(os.path.join(local_repo, "lost+found"))
+    offsite_config(project, local_repo, password_file)
+    _ok(project.cli("setup"))
+    assert "-> snapshot" in _ok(project.cli("backup")).stdout
 
 
 def test_forget_keeps_to_this_projects_snapshots(hermetic_cache, local_repo, password_file, tmp_path):
@@ -159,11 +169,15 @@ def test_a_damaged_local_copy_is_named_and_a_dead_fetch_is_cleared(hermetic_cach
     assert "local copy" in line and "move it out" in line
     assert live_state(project) == before
     os.rename(project.backup_dir / name, project.backup_dir.parent / "damaged")
-    dead = project.backup_dir / ".offsite-fetch-999999999"  # a fetch killed mid-download
+    from supervisor.backup.offsite_repo import _HOST
+
+    dead = project.backup_dir / f".offsite-fetch-{_HOST}-999999999"  # a fetch killed mid-download
+    elsewhere = project.backup_dir / ".offsite-fetch-otherhost-999999999"  # another host's: not ours
+    elsewhere.mkdir()
     dead.mkdir()
     (dead / "big").write_bytes(b"x" * 1024)
     _ok(project.cli("backup-restore", "--offsite", name, "--db-only", "--yes"))
-    assert not dead.exists()
+    assert not dead.exists() and elsewhere.exists()
 
 
 def test_unreachable_bad_values_and_home_paths(hermetic_cache, password_file, tmp_path):

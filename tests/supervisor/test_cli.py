@@ -126,3 +126,8 @@ def test_debug_adds_a_traceback_but_keeps_the_exit_code(project):
     debug = project.cli("--debug", "backup-restore", "7", "--yes")
     assert plain.returncode == debug.returncode == 4
     assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+
+
+def test_sparkq_alone_shows_the_help(project):
+    proc = project.cli()
+    assert "Usage: sparkq" in proc.stdout + proc.stderr and "backup-restore" in proc.stdout + proc.stderr
