@@ -166,7 +166,6 @@ def push(settings, ref: str | None = None, *, all_: bool = False, honour_backoff
     `honour_backoff` (a periodic caller such as the supervisor loop) skips the attempt while the
     backoff after the last failure runs; a start or a person asking always tries. `background`
     (a detached push) leaves the work to a push that is already running."""
-    paths = settings.paths
     if not configured(settings):
         target_of(settings)  # raises: says how to configure it
     try:
