@@ -91,9 +91,9 @@ class Supervisor:
             if not offsite_state.configured(self.settings):
                 return
             from .backup.catalog import scan
-            from .backup.offsite import repository_of, spawn_push
+            from .backup.offsite import spawn_push
 
-            state = offsite_state.load(self.settings.paths, repository_of(self.settings))
+            state = offsite_state.load(self.settings.paths, offsite_state.repository_of(self.settings))
             pending = [e for e in scan(self.settings.paths.backup_dir)[0] if e.name not in state.pushed]
             if not pending or not state.retry_due():
                 return

@@ -31,7 +31,7 @@ from .. import log
 from ..envfile import read_env_file
 from ..errors import ConfigError, OffsiteFailed, SparkqError, UsageError
 from . import offsite_state, restic
-from .offsite_state import configured
+from .offsite_state import configured, repository_of
 
 KEEP_DEFAULT = {"last": 7, "daily": 14, "weekly": 8, "monthly": 24}  # about two years of months
 TAG = "sparkq"
@@ -63,17 +63,6 @@ def target_of(settings) -> restic.Target:
         env = read_env_file(_private_file(base, settings.offsite_env_file, "offsite.env_file",
                                       "backend credentials"))
     return restic.Target(repository_of(settings), password_file, env, settings.offsite_lock_timeout)
-
-
-def repository_of(settings) -> str:
-    """The configured repository as restic gets it: a local path is made absolute (relative to
-    sparkq.yml, `~` expanded), so every caller, whatever its working folder, means one place."""
-    repo = settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY") or ""
-    if repo.startswith("~"):
-        repo = os.path.expanduser(repo)
-    if repo and repo[0] != "/" and ":" not in repo.split("/")[0]:
-        repo = str(settings.paths.config_file.parent / repo)
-    return repo
 
 
 def _private_file(base: Path, given: str, key: str, holds: str) -> Path:

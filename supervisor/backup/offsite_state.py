@@ -25,6 +25,18 @@ def configured(settings) -> bool:
     return bool(settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY"))
 
 
+def repository_of(settings) -> str:
+    """The configured repository as restic gets it: a local path is made absolute (relative to
+    sparkq.yml, `~` expanded), so every caller, whatever its working folder, means one place.
+    Here, beside `configured`, so that `status` needs no restic code to tell what is pending."""
+    repo = settings.offsite_repository or os.environ.get("RESTIC_REPOSITORY") or ""
+    if repo.startswith("~"):
+        repo = os.path.expanduser(repo)
+    if repo and repo[0] != "/" and ":" not in repo.split("/")[0]:
+        repo = str(settings.paths.config_file.parent / repo)
+    return repo
+
+
 def state_file(paths) -> Path:
     return paths.data_dir / f".{paths.db.stem or 'sparkq'}-offsite.json"
 
@@ -69,7 +81,7 @@ class State:
 
 
 def load(paths, repository: str) -> State:
-    """The state for `repository` (as offsite.repository_of gives it): a fresh one when what is
+    """The state for `repository` (as repository_of gives it): a fresh one when what is
     recorded was about another repository, so nothing counts as pushed there."""
     rid = repository_id(repository)
     try:
@@ -104,8 +116,6 @@ def summary(settings, bundle_names: list[str]) -> dict | None:
     `bundle_names`: the regular bundles on disk (status scanned them already)."""
     if not configured(settings):
         return None
-    from .offsite import repository_of
-
     state = load(settings.paths, repository_of(settings))
     pending = [n for n in bundle_names if n not in state.pushed]
     failed = state.last_failure if state.failures else None
