@@ -48,7 +48,9 @@ def test_a_server_that_forks_away_after_answering_is_reported_and_stopped(fake):
     # stops it: nothing serves unsupervised, and status says stopped.
     wait_until(lambda: _events(project, "server_leftovers_stopped"), timeout=30, what="the copy stopped")
     wait_until(lambda: not fake.running(), what="the forked server to be gone")
-    assert not listening(project.port) and not project.pidfile.exists()
+    # The supervisor logs the stop before it removes the pidfile: wait for that too.
+    wait_until(lambda: not project.pidfile.exists(), what="the pidfile removed")
+    assert not listening(project.port)
     status = wait_until(lambda: (st := project.cli("status")).returncode == 3 and st, what="the supervisor gone")
     assert status.stdout.startswith("stopped"), status.stdout
     assert "status 0" in status.stdout  # its last exit
