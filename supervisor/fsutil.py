@@ -54,25 +54,30 @@ def temp_name(target: Path) -> Path:
     return target.with_name(temp_entry(target.name))
 
 
-def remove_stale_temps(target: Path) -> None:
-    """Delete temp files (or work dirs) of `target` left by writers that died mid-write.
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
+    """Delete the temp files and work dirs in `folder` whose writer died mid-write; returns the
+    names removed.
 
-    Only temp names of `target`, and only when the PID in the name is not alive: a writer that
-    still runs keeps its file. Without this, each crash while restoring the database would leave
-    a hidden full-size copy of it beside the live one for good.
+    Only temp names (of `name` alone, when given), and only when the PID in the name is not
+    alive: a writer that still runs keeps its file. Without this, each crash while restoring the
+    database would leave a hidden full-size copy of it beside the live one for good, and each
+    killed backup or off-site fetch a folder in the backup dir.
     """
     from .process import alive
 
     try:
-        names = os.listdir(target.parent)
+        entries = os.listdir(folder)
     except OSError:
-        return
-    for name in names:
-        temp = temp_of(name)
-        if temp is None or temp[0] != target.name:
+        return []
+    removed = []
+    for entry in entries:
+        temp = temp_of(entry)
+        if temp is None or (name is not None and temp[0] != name):
             continue
         if temp[1] != os.getpid() and not alive(temp[1]):
-            remove_entry(target.parent / name)
+            remove_entry(folder / entry)
+            removed.append(entry)
+    return removed
 
 
 def remove_entry(path: Path) -> None:

@@ -37,7 +37,6 @@ KEEP_DEFAULT = {"last": 7, "daily": 14, "weekly": 8, "monthly": 24}  # about two
 TAG = "sparkq"
 CREATED_FORMAT = "%Y%m%dT%H%M%S.%fZ"  # the `created:` tag: a bundle's time in UTC, sortable as text
 STAGE_DIR = ".offsite-stage"
-FETCH_PREFIX = ".offsite-fetch-"
 
 
 # --- the repository and its secrets -------------------------------------------------------------

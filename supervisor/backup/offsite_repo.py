@@ -18,9 +18,10 @@ from datetime import datetime, timezone
 
 from .. import log
 from ..errors import BackupNotFound, OffsiteFailed, UsageError, VerificationFailed
+from ..fsutil import remove_stale_temps, temp_entry
 from . import offsite_state, restic
 from .layout import BUNDLE_RE, PRE_RESTORE_PREFIX
-from .offsite import CREATED_FORMAT, FETCH_PREFIX, TAG, target_of
+from .offsite import CREATED_FORMAT, TAG, target_of
 
 _OWN_TAGS = (TAG,)
 _TAG_PREFIXES = ("trigger:", "project:", "created:")
@@ -155,8 +156,11 @@ def fetch(settings, ref: str) -> str:
                 f"move it out of {backup_dir}, then run this again to fetch the off-site copy")
         log.get().info("offsite_fetch_local", bundle=snap.bundle)
         return snap.bundle  # the same bundle is here already, and whole
-    _remove_dead_fetches(backup_dir)
-    tmp = backup_dir / f"{FETCH_PREFIX}{_HOST}-{os.getpid()}"
+    # A hidden temp folder with the host in its name: one on a shared backup dir is told apart
+    # from another host's, and a fetch killed mid-download is cleaned up like any dead writer's.
+    fetching = f"offsite-fetch-{_HOST}"
+    remove_stale_temps(backup_dir, fetching)
+    tmp = backup_dir / temp_entry(fetching)
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o700)
     try:
@@ -181,17 +185,6 @@ def fetch(settings, ref: str) -> str:
 
 _HOST = socket.gethostname().replace("-", "_") or "host"
 
-
-def _remove_dead_fetches(backup_dir) -> None:
-    """Temp folders of this host's fetches whose process is gone (killed mid-download): they can
-    be large. Another host's (a backup dir shared over the network) is its own to clean."""
-    from ..process import alive
-
-    mine = f"{FETCH_PREFIX}{_HOST}-"
-    for item in os.scandir(backup_dir):
-        pid = item.name[len(mine):]
-        if item.name.startswith(mine) and pid.isdigit() and not alive(int(pid)):
-            shutil.rmtree(item.path, ignore_errors=True)
 
 
 @dataclass

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from .. import log
 from ..errors import SparkqError, UsageError
-from ..process import alive
 from ..locking import file_lock
-from .layout import JOURNAL, SHM, WAL, sidecar, temp_entry, temp_of
+from ..fsutil import remove_stale_temps
+from .layout import JOURNAL, SHM, WAL, sidecar, temp_entry
 
 RETENTION_LOCK = ".retention.lock"
 
@@ -64,7 +64,9 @@ def prune_old(backup_dir: Path, keep: int, protect: str | None = None, *, projec
     problems: list[str] = []
     try:
         with retention_lock(backup_dir):
-            _remove_stale_temps(backup_dir)
+            # Temp dirs whose writer is gone: a crashed backup, an interrupted delete, a killed fetch.
+            for name in remove_stale_temps(backup_dir):
+                log.get().info("backup_temp_removed", name=name)
             regular = ours(scan(backup_dir)[0], project_id)
             for entry in _past_keep(regular, keep, {protect, *spare}):
                 try:
@@ -110,12 +112,3 @@ def _delete(entry, backup_dir: Path) -> None:
             os.unlink(extra)
     os.unlink(path)
 
-
-def _remove_stale_temps(backup_dir: Path) -> None:
-    """Temp dirs whose writer is gone: a crashed backup or an interrupted delete (either temp-name
-    form, layout.py)."""
-    for item in os.scandir(backup_dir):
-        temp = temp_of(item.name)
-        if temp and item.is_dir(follow_symlinks=False) and not alive(temp[1]):
-            shutil.rmtree(item.path, ignore_errors=True)
-            log.get().info("backup_temp_removed", name=item.name)

@@ -171,8 +171,8 @@ def test_a_damaged_local_copy_is_named_and_a_dead_fetch_is_cleared(hermetic_cach
     os.rename(project.backup_dir / name, project.backup_dir.parent / "damaged")
     from supervisor.backup.offsite_repo import _HOST
 
-    dead = project.backup_dir / f".offsite-fetch-{_HOST}-999999999"  # a fetch killed mid-download
-    elsewhere = project.backup_dir / ".offsite-fetch-otherhost-999999999"  # another host's: not ours
+    dead = project.backup_dir / f".tmp-offsite-fetch-{_HOST}-999999999"  # a fetch killed mid-download
+    elsewhere = project.backup_dir / ".tmp-offsite-fetch-otherhost-999999999"  # another host's: not ours
     elsewhere.mkdir()
     dead.mkdir()
     (dead / "big").write_bytes(b"x" * 1024)

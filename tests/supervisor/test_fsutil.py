@@ -51,7 +51,7 @@ def test_stale_temps_of_dead_writers_go_in_either_form_live_ones_stay(tmp_path):
     (old_form / "sparkq.db").write_bytes(b"half")
     running.write_bytes(b"busy")
     other.write_bytes(b"half")
-    fsutil.remove_stale_temps(target)
+    assert sorted(fsutil.remove_stale_temps(tmp_path, target.name)) == sorted([new_form.name, old_form.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["sparkq.db", running.name, other.name])
 
 
