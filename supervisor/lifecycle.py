@@ -183,7 +183,8 @@ def _discard(settings: Settings, spawned: process.Spawned) -> None:
     proc.wait()
     _stop_escaped(spawned, port=spawned.port)
     pidfile.remove_pidfile(settings.paths, proc.pid)
-    log.get().error("server_start_failed", pid=proc.pid, status=proc.returncode)
+    # Info, not error: the caller raises what went wrong, and that is the console's one line.
+    log.get().info("server_start_failed", pid=proc.pid, status=proc.returncode)
 
 
 def _stop_escaped(spawned: process.Spawned, **how) -> list[int]:

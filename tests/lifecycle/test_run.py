@@ -93,6 +93,10 @@ def test_run_with_a_server_failing_at_boot(project, fake):
     result = project.cli("run", "--skip-backup", timeout=30)
     assert result.returncode == 1
     assert "boom: cannot open the widget store" in result.stderr
+    # One line says what failed, then the log's tail: the same as `start` prints.
+    said = [line for line in result.stderr.splitlines()
+            if line.startswith("sparkq: ") and not line.startswith("sparkq: warning: pre_start_backup_skipped")]
+    assert len(said) == 1 and "while starting" in said[0], result.stderr
     assert not project.pidfile.exists()
 
 

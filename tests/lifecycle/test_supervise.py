@@ -68,6 +68,20 @@ def test_start_leaves_a_supervisor_and_stop_ends_both(project, fake):
     _stop_and_check(project, status["supervisor_pid"])
 
 
+def test_status_right_after_start_says_running_even_on_a_slow_disk(project, fake, tmp_path):
+    # Every fsync of the supervisor takes 0.3 s (a busy disk): `start` returns on the supervisor's
+    # report, and the state saved with that report must already be "running", not "starting".
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, time\n_fsync = os.fsync\n"
+        "os.fsync = lambda fd: (time.sleep(0.3), _fsync(fd))[1]\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), project.env.get("PYTHONPATH")]))
+    result = project.cli("start", "--skip-backup", env={"PYTHONPATH": path})
+    assert result.returncode == 0, result.stderr
+    project.reaper.adopt_pidfile(project.pidfile)
+    status = _status(project)
+    assert status["state"] == "running", status
+
+
 def test_kill_9_of_the_server_brings_a_new_healthy_one_with_the_data(project, fake):
     _configure(fake, health_interval=0)
     first = _started(project)
