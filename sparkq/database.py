@@ -3,6 +3,9 @@
 One SQLite connection serves every request; a lock serialises the worker threads on it and every
 write runs in its own `BEGIN IMMEDIATE` transaction. That connection never checkpoints the WAL:
 a background thread does (sparkq/checkpointer.py).
+
+A database file deleted while the server runs lives on only in the server's open file; closing
+it would lose every row. `close` notices (rescue.py) and writes the data back to its path first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-from . import schema, storage
+from . import rescue, schema, storage
 from .checkpointer import Checkpointer
 
 
@@ -30,6 +33,7 @@ class Database:
         self._lock = threading.Lock()
         self.integer_keys: frozenset[str] = frozenset()  # tables whose ids SQLite numbers
         self.checkpointer = Checkpointer(path, self.held)
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
 
     def open(self) -> None:
         with self._lock:
@@ -39,14 +43,18 @@ class Database:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
                 tables = (*storage.ID_PREFIXES, "audit_log")
                 self.integer_keys = frozenset(t for t in tables if schema.integer_key(self._conn, t))
+                self._identity = rescue.identity(self.path)
         self.checkpointer.start()
 
     def close(self) -> None:
         self.checkpointer.stop()  # first, so the final TRUNCATE below is the last word
         with self._lock:  # waits for a request still holding the connection
             if self._conn is not None:
+                copy = rescue.copy_if_deleted(self._conn, self.path, self._identity)
                 storage.checkpoint_and_close(self._conn)
                 self._conn = None
+                if copy is not None:
+                    rescue.put_back(copy, self.path)
 
     @contextmanager
     def held(self) -> Iterator[None]:

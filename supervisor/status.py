@@ -78,7 +78,8 @@ class StatusResult:
             lines.append(f"  last exit: {exit_text(self.last_exit)}")
         if self.reason:
             lines.append("  gave up: " + self.reason.replace("\n", "\n    "))
-        size = f" ({human_size(self.db_size)})" if self.db_size is not None else " (does not exist yet)"
+        size = (f" ({human_size(self.db_size)})" if self.db_size is not None
+                else " (missing)" if self.running else " (does not exist yet)")
         lines.append(f"  database: {self.db_path}{size}")
         if self.newest_backup:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")
@@ -111,6 +112,10 @@ def status(settings: Settings) -> StatusResult:
     except OSError:
         pass
     if info is not None:
+        if result.db_size is None:
+            from .backup.history import missing_under_server
+
+            result.warnings.append(missing_under_server(settings))
         result.pid, result.url, result.started_at = info.pid, info.url, info.started_at
         result.uptime_s = round(max(0.0, time.time() - info.create_time), 1)
         url = settings.health_url_for(info.url)

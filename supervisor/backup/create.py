@@ -28,7 +28,7 @@ from typing import Any
 
 from .. import log
 from ..fmt import human_size
-from ..errors import BackupDiskFull
+from ..errors import BackupDiskFull, BackupFailed
 from ..fsutil import fsync_dir, sha256_file
 from ..locking import file_lock
 from . import history, publish, snapshot
@@ -101,6 +101,8 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
     if not db.exists():
+        if beside_server:  # not "no database yet": the server's rows live on in a deleted file
+            raise BackupFailed(history.missing_under_server(settings) + "; nothing was backed up")
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
     history.refuse_unusable_db(settings.paths)  # an emptied DB must not push good backups out
     if locked:

@@ -185,6 +185,16 @@ def refuse_unusable_db(paths) -> None:
         )
 
 
+def missing_under_server(settings) -> str:
+    """What to say when the database file is gone while a server runs: its rows live on in the
+    server's open file, so this is no first run, and stopping the server decides their fate."""
+    what = f"the database {settings.paths.db} is missing while the server runs (deleted or moved while in use)"
+    if settings.command is None:  # the bundled server writes a deleted file back as it stops (sparkq/rescue.py)
+        return f"{what}; ./sparkq.sh restart brings it back: the server writes its data back as it stops"
+    return (f"{what}; SparkQ cannot write it back for a server.command of your own: "
+            "save the data through that server before it stops")
+
+
 def db_unusable(db) -> str | None:
     """Why `db` cannot be a SparkQ database (ours or the original's), or None. Only what is
     certain counts: a DB that is busy or damaged inside is left to the backup's integrity check."""

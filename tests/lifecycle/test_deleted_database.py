@@ -1,0 +1,51 @@
+"""The database file deleted under a running server (a careless `rm`, a cleanup script): status
+and backup say so instead of "no database yet", and a restart brings every row back, because the
+server writes its open file back as it stops (sparkq/rescue.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import urllib.request
+
+from helpers import one_line_error
+
+
+def _put(project, value: str) -> None:
+    req = urllib.request.Request(f"{project.url}/api/config/test/kept", method="PUT",
+                                 data=json.dumps({"value": value}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def _get(project) -> str:
+    with urllib.request.urlopen(f"{project.url}/api/config/test/kept", timeout=10) as resp:
+        return json.loads(resp.read())["value"]
+
+
+def test_restart_after_the_database_was_deleted_loses_nothing(project):
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    _put(project, "written before the rm")
+    db = project.root / "sparkq" / "data" / "sparkq.db"
+    for name in ("sparkq.db", "sparkq.db-wal", "sparkq.db-shm"):
+        os.unlink(db.with_name(name))
+
+    status = project.cli("status")
+    assert status.returncode == 0 and "missing while the server runs" in status.stdout, status.stdout
+    line = one_line_error(project.cli("backup"))
+    assert "missing while the server runs" in line and "restart" in line
+
+    restarted = project.cli("restart")
+    assert restarted.returncode == 0, restarted.stderr
+    project.reaper.adopt_pidfile(project.pidfile)
+    assert _get(project) == "written before the rm"
+    newest = sorted(p for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_"))[-1]
+    conn = sqlite3.connect(f"file:{newest / 'sparkq.db'}?mode=ro&immutable=1", uri=True)
+    try:  # the restart's backup holds the written-back rows
+        assert conn.execute("SELECT COUNT(*) FROM config WHERE key = 'kept'").fetchone()[0] == 1
+    finally:
+        conn.close()
+    assert project.cli("stop").returncode == 0
