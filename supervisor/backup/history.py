@@ -13,7 +13,8 @@ which ones retention must spare, and making room on a full disk.
 - **Unchanged.** A pre-start backup whose snapshot and config files are byte-identical to the
   newest bundle of this project (which still verifies for those members) writes nothing: a
   series of starts, failed or not, cannot push good history out. The SQLite backup API gives
-  byte-identical snapshots of unchanged content, so the snapshot's checksum is an exact test.
+  byte-identical snapshots of unchanged content once the header's write counter is set to a
+  fixed value (snapshot.py), so the snapshot's checksum is an exact test.
 - **Restored from.** A restore notes the bundle it came from (`sparkq/data/restored_from.json`,
   beside the database the restored config uses);
   retention spares that bundle until the next restore, so the first start after restoring an
