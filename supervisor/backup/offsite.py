@@ -213,6 +213,20 @@ def _push_locked(settings, ref: str | None, all_: bool, honour_backoff: bool) ->
     return report
 
 
+def note_stored(settings, name: str, snapshot: str) -> None:
+    """A bundle fetched from the repository is stored there already: not pending, so the next
+    start does not push it a second time. Left to the push that holds the state, if one runs."""
+    import time
+
+    try:
+        with _pushing(settings, wait=0):
+            state = offsite_state.load(settings.paths, repository_of(settings))
+            state.pushed.setdefault(name, {"snapshot": snapshot, "at": time.time(), "data_added": 0})
+            offsite_state.save(settings.paths, state)
+    except _Busy:
+        pass
+
+
 def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dict:
     from . import history
 

@@ -21,7 +21,7 @@ from ..errors import BackupNotFound, OffsiteFailed, UsageError, VerificationFail
 from ..fsutil import remove_stale_temps, temp_entry
 from . import offsite_state, restic
 from .layout import BUNDLE_RE, PRE_RESTORE_PREFIX
-from .offsite import CREATED_FORMAT, TAG, target_of
+from .offsite import CREATED_FORMAT, TAG, note_stored, target_of
 
 _OWN_TAGS = (TAG,)
 _TAG_PREFIXES = ("trigger:", "project:", "created:")
@@ -100,10 +100,10 @@ class OffsiteList:
         from ..fmt import human_size
 
         lines = [f"off-site: {self.repository}",
-                 f"{'SNAPSHOT':<10} {'BUNDLE':<36} {'TRIGGER':<9} {'TIME (UTC)':<20} {'HOST':<16} ADDED"]
+                 f"{'SNAPSHOT':<10} {'BUNDLE':<36} {'TRIGGER':<9} {'CREATED (UTC)':<20} {'HOST':<16} ADDED"]
         for s in self.snapshots:
             added = human_size(s.data_added) if isinstance(s.data_added, int) else "-"
-            when = s.time[:19].replace("T", " ")
+            when = _newest(s)[0].strftime("%Y-%m-%d %H:%M:%S")  # the bundle's time, the order of the list
             lines.append(f"{s.id[:8]:<10} {s.bundle or '?':<36} {s.trigger or '?':<9} {when:<20} {s.host:<16} {added}")
         return "\n".join(lines)
 
@@ -155,6 +155,7 @@ def fetch(settings, ref: str) -> str:
                 f"the local copy of {snap.bundle} failed verification ({problems[0]}); nothing was changed; "
                 f"move it out of {backup_dir}, then run this again to fetch the off-site copy")
         log.get().info("offsite_fetch_local", bundle=snap.bundle)
+        note_stored(settings, snap.bundle, snap.id)
         return snap.bundle  # the same bundle is here already, and whole
     # A hidden temp folder with the host in its name: one on a shared backup dir is told apart
     # from another host's, and a fetch killed mid-download is cleaned up like any dead writer's.
@@ -177,6 +178,7 @@ def fetch(settings, ref: str) -> str:
             raise VerificationFailed(f"the off-site copy {snap.bundle} failed verification: {problems[0]}; "
                                      "nothing was changed; try an older one (./sparkq.sh backup-list --offsite)")
         os.rename(tmp / snap.bundle, backup_dir / snap.bundle)
+        note_stored(settings, snap.bundle, snap.id)
         log.get().info("offsite_fetched", bundle=snap.bundle, snapshot=snap.id[:8])
         return snap.bundle
     finally:

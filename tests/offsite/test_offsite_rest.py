@@ -51,6 +51,8 @@ def test_new_machine_recovery(hermetic_cache, rest_server, password_file, tmp_pa
     assert stat.S_IMODE((root / ".env").stat().st_mode) == 0o600
     assert (root / ".env").read_bytes() == env_text
     fresh.config.write_text(f"server:\n  port: {fresh.port}\n")  # the restored yml names the old port
+    # The fetched bundle is stored off-site already: not pending, never pushed a second time.
+    assert json.loads(fresh.cli("status", "--json").stdout)["offsite"]["pending"] == 0
     started = fresh.sh("start")
     assert started.returncode == 0, started.stdout + started.stderr
     try:
@@ -61,6 +63,8 @@ def test_new_machine_recovery(hermetic_cache, rest_server, password_file, tmp_pa
     finally:
         fresh.sh("stop")
         reap_pushers(root)
+    listed = json.loads(fresh.cli("backup-list", "--offsite", "--json").stdout)["snapshots"]
+    assert len(listed) == len({s["bundle"] for s in listed}), listed  # each bundle stored once
     _secrets_absent(rest_server, made, restored, started)
 
 
