@@ -17,23 +17,25 @@ LOG_TAIL_LINES = 20
 def show(settings: Settings, *, lines: int, follow: bool, supervisor: bool) -> None:
     path = settings.paths.supervisor_log if supervisor else settings.paths.server_log
     render = _event_line if supervisor else (lambda line: line)
-    for line in log_tail(path, lines=lines) if lines else []:
-        print(render(line))
+    # Where the tail ends is where following begins: a line written in between is printed once.
+    end, inode = _size_and_inode(path)
+    for line in log_tail(path, lines=lines, end=end) if lines else []:
+        print(render(line), flush=follow)
     if follow:
         try:
-            _follow(path, render)
+            _follow(path, render, end, inode)
         except KeyboardInterrupt:
             pass
 
 
-def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines written to `path` after byte `offset`."""
+def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES, end: int | None = None) -> list[str]:
+    """The last `lines` lines written to `path` after byte `offset` (and before byte `end`)."""
     try:
         with open(path, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
+            size = fh.seek(0, os.SEEK_END) if end is None else end
             start = max(offset, size - 64 * 1024)
             fh.seek(start)
-            data = fh.read()
+            data = fh.read(max(size - start, 0))
     except OSError:
         return []
     text = data.decode("utf-8", errors="replace").splitlines()
@@ -42,9 +44,9 @@ def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> list[s
     return text[-lines:]
 
 
-def _follow(path: Path, render) -> None:
-    """Print what is appended to `path`; start again from the top when the file is replaced."""
-    offset, inode = _size_and_inode(path)
+def _follow(path: Path, render, offset: int, inode: int | None) -> None:
+    """Print what is appended to `path` after byte `offset`; start again from the top when the
+    file is replaced."""
     partial = b""
     while True:
         size, now_inode = _size_and_inode(path)
