@@ -49,8 +49,9 @@ def test_kill_9_server_during_writes_then_start(project, api_writer, counter, lo
         # The supervisor restarts it (a pre-start backup first), with no one asking.
         wait_until(lambda: _restarted(project, pid), timeout=60, what="the supervisor's restart")
         assert len(server_processes(project)) == 1
-        status = json.loads(project.cli("status", "--json").stdout)
-        assert status["state"] == "running" and status["restarts"] == round_ + 1, status
+        # The supervisor records the restart once the start returns, just after the server answers.
+        status = wait_until(lambda: (s := json.loads(project.cli("status", "--json").stdout))["state"] == "running"
+                            and s["restarts"] == round_ + 1 and s, timeout=30, what="status to show the restart")
         assert status["last_exit"]["signal"] == "SIGKILL", status
 
         # The pre-start backup is the crashed DB: whole, and every acknowledged write is in it.

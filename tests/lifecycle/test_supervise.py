@@ -204,9 +204,10 @@ def test_restore_and_start_are_refused_while_a_supervisor_is_in_backoff(project,
     _configure(fake, "crash-after=0.5", health_interval=0, backoff_max=30, start_retries=50)
     assert project.cli("start").returncode == 0
     project.reaper.adopt_pidfile(project.pidfile)
-    # A long enough backoff (the third: 4 s) for both commands to meet it.
-    wait_until(lambda: (s := _status(project))["state"] == "backoff" and s["next_retry_in_s"] >= 3,
-               timeout=60, what="a 4 s backoff")
+    # A long enough backoff for both commands to meet it even on a slow machine: the delays
+    # double from 1 s (supervise.py), so the fourth, 8 s (or, if status looked too late, the 16 s one).
+    wait_until(lambda: (s := _status(project))["state"] == "backoff" and s["next_retry_in_s"] >= 7,
+               timeout=120, what="a backoff of 8 s or more")
     result = project.cli("backup-restore", "1", "--db-only", "--yes")
     assert result.returncode == 6 and "supervisor" in result.stderr, result.stderr
     again = project.cli("start", "--skip-backup")  # never a second server beside the one it will start
