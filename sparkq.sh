@@ -48,6 +48,8 @@ Development
   bench [--quick] [--size MB]
                              run the benchmarks (installs sqlite3 when missing)
 
+Before COMMAND: --config FILE (another sparkq.yml; also SPARKQ_CONFIG), --debug (tracebacks),
+-v (every event on stderr), --version. SPARKQ_ROOT=DIR: the project folder (default: this checkout).
 Also: sparkq/scripts/restore_database.sh list|show|restore|export-config|export-tools|export-prompts N
 Exit codes: 0 ok, 1 failure, 2 usage, 3 not running, 4 no such backup, 5 verification failed,
 6 refused: the database is in use. Details: ./sparkq.sh COMMAND --help, README.md, docs/BACKUP.md.

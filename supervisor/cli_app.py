@@ -53,11 +53,19 @@ class _Commands(TyperGroup):
             raise _one_line(exc) from None
 
 
+_ROOT_OPTIONS = ("--config", "--debug", "--verbose", "-v", "--version")
+
+
 def _one_line(exc) -> UsageError:
     message = exc.format_message().replace("\n", " ").rstrip(".")
     command = exc.ctx.command_path.split(" ", 1)[1:] if exc.ctx is not None else []
+    option = getattr(exc, "option_name", None)
+    if command and option in _ROOT_OPTIONS:  # `status --config x`: an option of sparkq itself
+        return UsageError(f"{option} belongs before the command: ./sparkq.sh {option}"
+                          f"{' FILE' if option == '--config' else ''} {command[0]} ...")
     where = " ".join(["./sparkq.sh", *command, "--help"])
-    return UsageError(f"{message[:1].lower()}{message[1:]}; see {where}")
+    joint = " " if message.endswith("?") else "; "  # after "Did you mean ...?"
+    return UsageError(f"{message[:1].lower()}{message[1:]}{joint}see {where}")
 
 
 app = typer.Typer(

@@ -111,6 +111,8 @@ USAGE_ERRORS = [
     (["bogus"], "no such command 'bogus'"),
     (["--bogus"], "no such option: --bogus"),
     (["backup-verify", "--bogus"], "unknown option --bogus"),
+    (["status", "--config", "x.yml"], "--config belongs before the command: ./sparkq.sh --config FILE status"),
+    (["stat"], "Did you mean 'start', 'status', 'restart'? see ./sparkq.sh --help"),
 ]
 
 
