@@ -374,11 +374,22 @@ def _release_supervisor(settings: Settings) -> int | None:
     return pid
 
 
+def _unknown_sparkq(settings: Settings) -> str | None:
+    """"not running" must not be the last word when a SparkQ server of other settings holds our
+    port (database.path edited while it ran): say which one, and how to stop it."""
+    from .ports import holder, port_in_use
+
+    if not port_in_use(settings.host, settings.port):
+        return None
+    held_by = holder(settings)
+    return None if held_by == "another program" else f"port {settings.port} is in use by {held_by}"
+
+
 def _stop_left_behind(settings: Settings, stale: str | None) -> StopResult:
     """No server, but maybe what one left when it forked into the background: stop that."""
     spawn_id, left = pidfile.left_behind(settings.paths)
     if not left:
-        return StopResult(was_running=False, notice=stale)
+        return StopResult(was_running=False, notice=stale or _unknown_sparkq(settings))
     from .leftovers import stop_all
 
     began = time.monotonic()

@@ -26,6 +26,31 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+def holder(settings) -> str:
+    """Who holds the configured port, for a refusal or a warning: "another program", or a SparkQ
+    server this config does not know (started with another database.path or sparkq.yml, beside
+    which its pidfile is), named with its PID and database and how to stop it, since `stop`
+    under this config cannot see it."""
+    import psutil
+
+    from .process import probe_health
+
+    ok, body = probe_health(settings.health_url_for(settings.base_url), timeout=1.0)
+    pid = body.get("pid") if ok and isinstance(body, dict) else None
+    if not isinstance(pid, int) or "version" not in body:
+        return "another program"
+    try:
+        argv = psutil.Process(pid).cmdline()
+    except psutil.Error:
+        return "another program"
+    if "sparkq" not in argv:  # our server runs as `python -m sparkq ...`
+        return "another program"
+    db = argv[argv.index("--db") + 1] if "--db" in argv[:-1] else "?"
+    # Its supervisor would restart it after a kill: stopping it needs the settings it runs with.
+    return (f"a SparkQ server started with other settings (PID {pid}, database {db}): "
+            "put database.path back to that database and run ./sparkq.sh stop")
+
+
 def wait_port_free(host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while port_in_use(host, port):

@@ -12,7 +12,7 @@ import sys
 from . import log
 from .config import Settings
 from .errors import SparkqError, StartFailed
-from .ports import port_in_use
+from .ports import holder, port_in_use
 
 
 def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settings:
@@ -41,8 +41,9 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
         notices.append(exposed)
         log.get().info("server_exposed", host=settings.host)
     if port_in_use(settings.host, settings.port):
-        raise StartFailed(f"port {settings.port} on {settings.host} is already in use by another program; "
-                          "stop that program or set server.port in sparkq.yml")
+        held_by = holder(settings)
+        todo = "; stop that program or set server.port in sparkq.yml" if held_by == "another program" else ""
+        raise StartFailed(f"port {settings.port} on {settings.host} is already in use by {held_by}{todo}")
     return settings
 
 

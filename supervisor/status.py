@@ -128,8 +128,11 @@ def status(settings: Settings) -> StatusResult:
         result.warnings.append(exposed)
     if info is None and port_in_use(settings.host, settings.port):
         # Not ours (or no longer recorded): say so rather than a bare "stopped" while it serves.
-        result.warnings.append(f"port {settings.port} is in use by a program SparkQ does not supervise; "
-                               "`start` will refuse until it is stopped (find it with: ss -ltnp)")
+        from .ports import holder
+
+        held_by = holder(settings)
+        result.warnings.append(f"port {settings.port} is in use by {held_by}" + (
+            "; `start` will refuse until it is stopped (find it with: ss -ltnp)" if held_by == "another program" else ""))
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
     from .schedule import status_fields
 

@@ -10,7 +10,7 @@ import threading
 
 import psutil
 
-from helpers import SPARKQ_BIN, wait_until
+from helpers import SPARKQ_BIN, one_line_error, wait_until
 from supervisor import config
 from supervisor.locking import file_lock
 from supervisor.initialize import run_setup
@@ -83,3 +83,23 @@ def test_manual_backup_waits_for_an_exclusive_command(project):
     out, err = backup.communicate(timeout=60)
     assert backup.returncode == 0, err
     wait_until(lambda: any(project.backup_dir.glob("sparkq_*")), what="the bundle after the lock was released")
+
+
+def test_a_server_of_another_database_path_is_named_with_how_to_stop_it(project):
+    """database.path edited while the (bundled) server runs: this config no longer finds its
+    pidfile, so status, start and stop name that server and say how to stop it, instead of
+    "stopped", "another program" and "not running"."""
+    good = project.config.read_text()
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    pid = json.loads(project.pidfile.read_text())["pid"]
+    project.config.write_text(good + "database:\n  path: elsewhere/q.db\n")
+    said = f"a SparkQ server started with other settings (PID {pid}, database "
+    status = project.cli("status")
+    assert status.returncode == 3 and said in status.stdout, status.stdout
+    line = one_line_error(project.cli("start", "--skip-backup"), codes={1})
+    assert said in line and "./sparkq.sh stop" in line
+    stopped = project.cli("stop")
+    assert stopped.returncode == 0 and said in stopped.stdout and "not running" in stopped.stdout
+    project.config.write_text(good)  # what the message says to do
+    assert f"stopped (PID {pid}" in project.cli("stop").stdout
