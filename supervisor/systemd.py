@@ -37,6 +37,21 @@ def _within(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def _offsite_paths(settings) -> list[Path]:
+    """What the background pushes write outside the project: a local restic repository named
+    in sparkq.yml, and restic's cache in the service user's home (ProtectHome=read-only)."""
+    import pwd
+
+    if not settings.offsite_repository:  # RESTIC_* of a shell are not the service's environment
+        return []
+    from .backup.offsite_state import repository_of
+
+    repo = repository_of(settings)
+    local = repo[len("local:"):] if repo.startswith("local:") else repo
+    found = [Path(local)] if local.startswith("/") else []
+    return found + [Path(pwd.getpwuid(os.getuid()).pw_dir) / ".cache" / "restic"]
+
+
 def render_unit(settings, user: bool = False) -> str:
     """The system unit (or with `user`, the user unit) for this install, ready to install."""
     import pwd
@@ -54,7 +69,7 @@ def render_unit(settings, user: bool = False) -> str:
     covered = [root]
     writable = [_escape(str(root))]
     extras = [paths.db.parent, paths.log_dir, paths.backup_dir, paths.config_file.parent,
-              code / ".venv", code / "sparkq.egg-info"]
+              code / ".venv", code / "sparkq.egg-info", *_offsite_paths(settings)]
     for extra in extras:
         extra = extra.resolve()
         if not any(_within(extra, done) for done in covered):

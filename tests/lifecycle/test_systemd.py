@@ -96,3 +96,17 @@ def test_notifier_sends_datagrams(tmp_path, abstract):
 
 def test_notifier_without_socket_is_silent():
     Notifier(None).send("READY=1")  # no error, nothing to send to
+
+
+def test_a_local_offsite_repository_and_restics_cache_are_writable(tmp_path, monkeypatch):
+    # The service's background pushes write the repository and restic's cache; ProtectSystem=strict
+    # and ProtectHome=read-only would make every push fail.
+    root = tmp_path / "proj"
+    root.mkdir()
+    (root / "sparkq.yml").write_text(f"offsite:\n  repository: local:{tmp_path}/repo\n"
+                                     f"  password_file: {tmp_path}/pw\n")
+    monkeypatch.setenv("SPARKQ_ROOT", str(root))
+    rw = next(line for line in _lines(render_unit(config.load(root=root), user=False))
+              if line.startswith("ReadWritePaths="))
+    home = pwd.getpwuid(os.getuid()).pw_dir
+    assert f" -{tmp_path}/repo" in rw and f" -{home}/.cache/restic" in rw, rw
