@@ -174,6 +174,10 @@ class VerifyReport:
             return self.message or "No backups found"
         lines = []
         for r in self.results:
+            if r.get("damaged_when_taken"):
+                lines.append(f"kept {r['name']}: whole, and holds the database as a restore found it, already "
+                             f"damaged ({r['problems'][0]}); not restorable; delete it when you no longer need it")
+                continue
             lines.append(f"ok  {r['name']}" if r["ok"] else f"FAILED {r['name']}: {'; '.join(r['problems'])}")
             lines += [f"    note: {note}" for note in r.get("notes", ())]
         lines.append(f"{self.checked} checked, {self.failed} failed")
@@ -195,6 +199,22 @@ def verify_backups(settings, ref: str | None, *, all_: bool = False) -> VerifyRe
     for entry in entries:
         notes: list[str] = []
         problems = verify_entry(entry, notes)
-        report.results.append({"name": entry.name, "ok": not problems, "problems": problems, "notes": notes})
+        result = {"name": entry.name, "ok": not problems, "problems": problems, "notes": notes}
+        if problems and _damaged_when_taken(entry, problems):
+            result.update(ok=True, damaged_when_taken=True)
+        report.results.append(result)
         log.get().info("backup_verified", backup=entry.name, ok=not problems, problems=len(problems))
     return report
+
+
+def _damaged_when_taken(entry: Entry, problems: list[str]) -> bool:
+    """A pre-restore bundle that keeps, whole, a live database which was already damaged when a
+    restore replaced it (its manifest recorded the failed check): a faithful record, not a
+    backup gone bad, so `backup-verify --all` must not fail on it for as long as it is kept.
+    A restore of it is still refused: verify_entry reports the problems."""
+    from .entry import PRE_RESTORE
+
+    recorded = (entry.manifest or {}).get("integrity_check")
+    if entry.kind != PRE_RESTORE or not isinstance(recorded, str) or recorded in ("ok", "no database"):
+        return False
+    return all(p.startswith(f"{entry.name}/{DB_NAME}") for p in problems)  # the database alone

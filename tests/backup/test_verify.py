@@ -189,3 +189,28 @@ def test_hashing_and_integrity_check_run_in_parallel_threads(project, seed_db, m
     monkeypatch.setattr(verify, "_check_database", db)
     assert verify.verify_entry(entry(d.name)) == []
     assert len(set(seen)) == 2 and all(n.startswith("sparkq-verify") for n in seen)
+
+
+def test_a_pre_restore_bundle_of_a_damaged_database_is_kept_not_failed(project):
+    """Recovery scenario 2 (a corrupt database, restored from a backup): the pre-restore bundle
+    keeps the damaged file as it was. `backup-verify --all` (a cron job) must not fail on it for
+    as long as it is kept, while it stays unrestorable, and a change to it is still caught."""
+    assert project.cli("setup").returncode == 0
+    assert project.cli("backup").returncode == 0
+    with open(project.db, "r+b") as fh:  # a page of the live database overwritten
+        fh.seek(3 * 4096)
+        fh.write(b"\x55" * 2000)
+    assert project.cli("backup-restore", "1", "--db-only", "--yes").returncode == 0
+    [pre] = [p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_preRestore_")]
+
+    checked = project.cli("backup-verify", "--all")
+    assert checked.returncode == 0, checked.stdout
+    assert f"kept {pre}: whole, and holds the database as a restore found it, already damaged" in checked.stdout
+    assert "2 checked, 0 failed" in checked.stdout
+    assert json.loads(project.cli("backup-verify", "--all", "--json").stdout)["failed"] == 0
+    refused = project.cli("backup-restore", pre, "--db-only", "--yes")
+    assert refused.returncode == 5 and "failed verification" in refused.stderr
+
+    flip_bytes(project.backup_dir / pre / "sparkq.db", 100)  # changed since: a backup gone bad
+    tampered = project.cli("backup-verify", pre)
+    assert tampered.returncode == 5 and f"FAILED {pre}:" in tampered.stdout and "checksum mismatch" in tampered.stdout
