@@ -42,7 +42,8 @@ def setup(
 def start(skip_backup: bool = SkipBackupOpt) -> None:
     """Back up, then start the server in the background and wait until it is healthy.
 
-    Already running: says so and takes no backup. On the first run (no sparkq.yml and no DB yet)
+    Already running: says so, and backs up the state as it is (nothing is written when the newest
+    backup holds it already). On the first run (no sparkq.yml and no DB yet)
     it runs setup first.
     """
     from .lifecycle import start as do_start

@@ -44,7 +44,8 @@ class StartResult:
     def text(self) -> str:
         lines = list(self.notices)
         if self.already_running:
-            return "\n".join([*lines, f"already running (PID {self.pid}, {self.url})"])
+            return "\n".join([*lines, f"already running (PID {self.pid}, {self.url})",
+                              *([self.backup_text] if self.backup_text else [])])
         if self.stopped_pid is not None:
             lines.append(f"stopped (PID {self.stopped_pid})")
         if self.backup_text:
@@ -200,7 +201,26 @@ def _stop_escaped(spawned: process.Spawned, **how) -> list[int]:
 def start(settings: Settings, *, skip_backup: bool = False) -> StartResult:
     with file_lock(settings.paths.lockfile):
         notices = _replace_unsupervised(settings)
-    return _start_supervised(settings, trigger="start", skip_backup=skip_backup, notices=notices)
+    result = _start_supervised(settings, trigger="start", skip_backup=skip_backup, notices=notices)
+    if result.already_running and not skip_backup:
+        try:
+            result.backup, result.backup_text = _backup_beside(settings)
+        except SparkqError as exc:  # a failure ends `start && stop` before the stop
+            exc.args = (f"already running (PID {result.pid}), but its backup failed: {exc}",)
+            raise
+    return result
+
+
+def _backup_beside(settings: Settings) -> tuple[dict | None, str | None]:
+    """Every start leaves a backup of the state as it is, also one that finds the server running
+    (`start && stop` after editing sparkq.yml is how the guide takes a backup). Beside a running
+    server, like `backup`, but writing nothing when the newest bundle holds this state."""
+    from .backup.create import create_backup
+
+    result = create_backup(settings, trigger="start", beside_server=True, skip_unchanged=True)
+    if result.name:
+        _push_offsite(settings, result)
+    return result.to_dict(), result.text() or result.notice
 
 
 def restart(settings: Settings, *, skip_backup: bool = False) -> StartResult:

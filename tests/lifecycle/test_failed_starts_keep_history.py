@@ -158,3 +158,17 @@ def test_a_restore_served_again_unchanged_writes_no_bundle(project):
         assert f"backup: unchanged since {newest}, none written" in proc.stdout, (command, proc.stdout)
     assert project.cli("stop").returncode == 0
     assert _regular(project) == [newest]
+
+
+def test_start_and_stop_after_a_config_change_backs_it_up_while_running(project):
+    # The guide's way to take a backup after a config change: `start && stop`. With the server
+    # already running, the start backs the new sparkq.yml up beside it before the stop.
+    assert project.cli("start").returncode == 0
+    [first] = _regular(project)
+    project.config.write_text(project.config.read_text() + "# a major change\n")
+    again = project.cli("start")
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stdout and "backup sparkq_" in again.stdout, again.stdout
+    assert project.cli("stop").returncode == 0
+    [newest] = set(_regular(project)) - {first}
+    assert (project.backup_dir / newest / "sparkq.yml").read_text().endswith("# a major change\n")

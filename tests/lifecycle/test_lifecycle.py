@@ -76,11 +76,12 @@ def test_start_twice_gives_one_server(project, fake):
     first = project.cli("start", "--skip-backup")
     assert first.returncode == 0, first.stderr
     pid = _pidfile(project)["pid"]
-    second = project.cli("start")  # no --skip-backup: an already running server takes no backup
+    second = project.cli("start")  # no --skip-backup: backs up beside the running server
     assert second.returncode == 0, second.stderr
     assert f"already running (PID {pid}, {project.url})" in second.stdout
+    assert "backup sparkq_" in second.stdout  # the first start skipped its backup
     assert fake.spawn_count() == 1 and len(fake.running()) == 1
-    assert not project.backup_dir.exists() or not any(project.backup_dir.iterdir())
+    assert len(list(project.backup_dir.glob("sparkq_2*"))) == 1
 
 
 def test_five_concurrent_starts_give_one_server(project, fake):
