@@ -9,7 +9,7 @@ import re
 import shutil
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 _CHUNK = 1 << 20
 
@@ -54,15 +54,24 @@ def temp_name(target: Path) -> Path:
     return target.with_name(temp_entry(target.name))
 
 
-def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
-    """Delete the temp files and work dirs in `folder` whose writer died mid-write; returns the
-    names removed.
+def remove_stale_temps(target: Path) -> list[str]:
+    """Delete the temp files (or work dirs) of `target` left by writers that died mid-write;
+    returns the names removed.
 
-    Only temp names (of `name` alone, when given), and only when the PID in the name is not
-    alive: a writer that still runs keeps its file. Without this, each crash while restoring the
-    database would leave a hidden full-size copy of it beside the live one for good, and each
-    killed backup or off-site fetch a folder in the backup dir.
+    Only temp names of `target`, and only when the PID in the name is not alive: a writer that
+    still runs keeps its file. Without this, each crash while restoring the database would leave
+    a hidden full-size copy of it beside the live one for good.
     """
+    return _remove_stale(target.parent, lambda name: name == target.name)
+
+
+def remove_stale_temps_in(folder: Path, spare: Callable[[str], bool] = lambda name: False) -> list[str]:
+    """The same for every temp in `folder` (a killed backup's bundle, an interrupted delete),
+    except those whose name `spare` picks."""
+    return _remove_stale(folder, lambda name: not spare(name))
+
+
+def _remove_stale(folder: Path, mine: Callable[[str], bool]) -> list[str]:
     from .process import alive
 
     try:
@@ -72,7 +81,7 @@ def remove_stale_temps(folder: Path, name: str | None = None) -> list[str]:
     removed = []
     for entry in entries:
         temp = temp_of(entry)
-        if temp is None or (name is not None and temp[0] != name):
+        if temp is None or not mine(temp[0]):
             continue
         if temp[1] != os.getpid() and not alive(temp[1]):
             remove_entry(folder / entry)

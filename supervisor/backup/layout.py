@@ -33,7 +33,9 @@ a `sparkq.db-wal` whose rows belong to the database.
 **Temp names.** Anything being written (a bundle, a restored file, a fold's work folder) or being
 deleted (a bundle retention removes) is a hidden `.tmp-<name>-<pid>` entry beside its final
 place (fsutil.temp_entry), removed by the next writer once that PID is gone. The older
-`.<name>.tmp-<pid>` form that atomic writes once used is still recognised and cleaned up.
+`.<name>.tmp-<pid>` form that atomic writes once used is still recognised and cleaned up. An
+off-site fetch downloads into `.tmp-offsite-fetch-<host>-<pid>` (FETCH_TEMP and the host): a
+backup dir shared between machines holds other hosts' fetches, which only their host may judge.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..fsutil import temp_entry, temp_of  # noqa: F401 - the temp-name scheme, part of this spec
+
+FETCH_TEMP = "offsite-fetch-"
 
 if TYPE_CHECKING:
     import sqlite3

@@ -20,7 +20,7 @@ from .. import log
 from ..errors import BackupNotFound, OffsiteFailed, UsageError, VerificationFailed
 from ..fsutil import remove_stale_temps, temp_entry
 from . import offsite_state, restic
-from .layout import BUNDLE_RE, PRE_RESTORE_PREFIX
+from .layout import BUNDLE_RE, FETCH_TEMP, PRE_RESTORE_PREFIX
 from .offsite import CREATED_FORMAT, TAG, note_stored, target_of
 
 _OWN_TAGS = (TAG,)
@@ -159,8 +159,8 @@ def fetch(settings, ref: str) -> str:
         return snap.bundle  # the same bundle is here already, and whole
     # A hidden temp folder with the host in its name: one on a shared backup dir is told apart
     # from another host's, and a fetch killed mid-download is cleaned up like any dead writer's.
-    fetching = f"offsite-fetch-{_HOST}"
-    remove_stale_temps(backup_dir, fetching)
+    fetching = f"{FETCH_TEMP}{_HOST}"
+    remove_stale_temps(backup_dir / fetching)
     tmp = backup_dir / temp_entry(fetching)
     shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp, 0o700)

@@ -18,8 +18,8 @@ from pathlib import Path
 from .. import log
 from ..errors import SparkqError, UsageError
 from ..locking import file_lock
-from ..fsutil import remove_stale_temps
-from .layout import JOURNAL, SHM, WAL, sidecar, temp_entry
+from ..fsutil import remove_stale_temps_in
+from .layout import FETCH_TEMP, JOURNAL, SHM, WAL, sidecar, temp_entry
 
 RETENTION_LOCK = ".retention.lock"
 
@@ -64,8 +64,9 @@ def prune_old(backup_dir: Path, keep: int, protect: str | None = None, *, projec
     problems: list[str] = []
     try:
         with retention_lock(backup_dir):
-            # Temp dirs whose writer is gone: a crashed backup, an interrupted delete, a killed fetch.
-            for name in remove_stale_temps(backup_dir):
+            # Temps whose writer is gone: a crashed backup, an interrupted delete. Off-site fetch
+            # folders are left to the next fetch, which knows the host's own from another's.
+            for name in remove_stale_temps_in(backup_dir, spare=lambda name: name.startswith(FETCH_TEMP)):
                 log.get().info("backup_temp_removed", name=name)
             regular = ours(scan(backup_dir)[0], project_id)
             for entry in _past_keep(regular, keep, {protect, *spare}):

@@ -41,7 +41,7 @@ class StagedCopy:
     def start(self) -> "StagedCopy":
         self._made = _missing_folders(self.target.parent)
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(self.target.parent, self.target.name)
+        remove_stale_temps(self.target)
         self._thread.start()
         return self
 
@@ -118,7 +118,7 @@ def place(step: Step, staged: StagedCopy | None = None) -> None:
 
 def _place_folded(db: Path, wal: Path, target: Path, mode: int) -> None:
     """A 2.1 bundle's DB + WAL: fold them together in a temp dir beside `target`, then rename."""
-    remove_stale_temps(target.parent, target.name)  # a killed earlier restore's work dir
+    remove_stale_temps(target)  # a killed earlier restore's work dir
     work = temp_name(target)
     shutil.rmtree(work, ignore_errors=True)
     private_mkdir(work)

@@ -178,6 +178,8 @@ def test_a_damaged_local_copy_is_named_and_a_dead_fetch_is_cleared(hermetic_cach
     (dead / "big").write_bytes(b"x" * 1024)
     _ok(project.cli("backup-restore", "--offsite", name, "--db-only", "--yes"))
     assert not dead.exists() and elsewhere.exists()
+    _ok(project.cli("backup"))  # retention cleans dead writers' temps, but not other hosts' fetches
+    assert elsewhere.exists()
 
 
 def test_unreachable_bad_values_and_home_paths(hermetic_cache, password_file, tmp_path):

@@ -51,8 +51,29 @@ def test_stale_temps_of_dead_writers_go_in_either_form_live_ones_stay(tmp_path):
     (old_form / "sparkq.db").write_bytes(b"half")
     running.write_bytes(b"busy")
     other.write_bytes(b"half")
-    assert sorted(fsutil.remove_stale_temps(tmp_path, target.name)) == sorted([new_form.name, old_form.name])
+    assert sorted(fsutil.remove_stale_temps(target)) == sorted([new_form.name, old_form.name])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["sparkq.db", running.name, other.name])
+
+
+def test_an_atomic_write_removes_its_targets_dead_temps(tmp_path):
+    target = tmp_path / "sparkq.yml"
+    dead = _dead_pid()
+    for stale in (fsutil.temp_entry("sparkq.yml", dead), f".sparkq.yml.tmp-{dead}"):
+        (tmp_path / stale).write_bytes(b"half")
+    fsutil.atomic_write_bytes(target, b"server: {}\n", mode=0o644)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparkq.yml"]
+
+
+def test_every_dead_temp_in_a_folder_goes_except_the_spared(tmp_path):
+    dead = _dead_pid()
+    bundle = tmp_path / fsutil.temp_entry("sparkq_20260101_000000", dead)
+    bundle.mkdir()
+    (tmp_path / fsutil.temp_entry("x.json", dead)).write_bytes(b"half")
+    fetch = tmp_path / fsutil.temp_entry("offsite-fetch-otherhost", dead)  # another host's PID
+    fetch.mkdir()
+    removed = fsutil.remove_stale_temps_in(tmp_path, spare=lambda name: name.startswith("offsite-fetch-"))
+    assert sorted(removed) == sorted([bundle.name, fsutil.temp_entry("x.json", dead)])
+    assert [p.name for p in tmp_path.iterdir()] == [fetch.name]
 
 
 def test_publish_noreplace_takes_the_first_free_name(tmp_path):
