@@ -10,6 +10,7 @@ it would lose every row. `close` notices (rescue.py) and writes the data back to
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -33,7 +34,9 @@ class Database:
         self._lock = threading.Lock()
         self.integer_keys: frozenset[str] = frozenset()  # tables whose ids SQLite numbers
         self.checkpointer = Checkpointer(path, self.held)
-        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
+        # The file we opened, through any symlink, and its (device, inode): see rescue.py.
+        self._real = Path(os.path.realpath(path))
+        self._identity: tuple[int, int] | None = None
 
     def open(self) -> None:
         with self._lock:
@@ -43,18 +46,21 @@ class Database:
                 self._conn.execute("PRAGMA wal_autocheckpoint=0")
                 tables = (*storage.ID_PREFIXES, "audit_log")
                 self.integer_keys = frozenset(t for t in tables if schema.integer_key(self._conn, t))
-                self._identity = rescue.identity(self.path)
+                self._identity = rescue.identity(self._real)
         self.checkpointer.start()
 
     def close(self) -> None:
         self.checkpointer.stop()  # first, so the final TRUNCATE below is the last word
         with self._lock:  # waits for a request still holding the connection
             if self._conn is not None:
-                copy = rescue.copy_if_deleted(self._conn, self.path, self._identity)
-                storage.checkpoint_and_close(self._conn)
+                copy = rescue.copy_if_deleted(self._conn, self._real, self._identity)
+                if copy is None:
+                    storage.checkpoint_and_close(self._conn)
+                else:  # the copy has every row: folding the WAL into a deleted file only costs time
+                    self._conn.close()
                 self._conn = None
                 if copy is not None:
-                    rescue.put_back(copy, self.path)
+                    rescue.put_back(copy, self._real)
 
     @contextmanager
     def held(self) -> Iterator[None]:

@@ -36,7 +36,7 @@ def test_restart_after_the_database_was_deleted_loses_nothing(project):
     status = project.cli("status")
     assert status.returncode == 0 and "missing while the server runs" in status.stdout, status.stdout
     line = one_line_error(project.cli("backup"))
-    assert "missing while the server runs" in line and "restart" in line
+    assert "missing while the server runs (deleted while in use)" in line and "restart brings it back" in line
 
     restarted = project.cli("restart")
     assert restarted.returncode == 0, restarted.stderr
@@ -48,4 +48,19 @@ def test_restart_after_the_database_was_deleted_loses_nothing(project):
         assert conn.execute("SELECT COUNT(*) FROM config WHERE key = 'kept'").fetchone()[0] == 1
     finally:
         conn.close()
+    assert project.cli("stop").returncode == 0
+
+
+def test_a_database_moved_under_the_server_is_named_as_moved(project):
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    db = project.root / "sparkq" / "data" / "sparkq.db"
+    moved = db.with_name("elsewhere.db")
+    os.rename(db, moved)
+    status = project.cli("status")
+    assert "was moved while the server runs" in status.stdout and "move it back" in status.stdout, status.stdout
+    line = one_line_error(project.cli("backup"))
+    assert "was moved while the server runs" in line
+    os.rename(moved, db)  # what it says to do
+    assert "was moved" not in project.cli("status").stdout
     assert project.cli("stop").returncode == 0

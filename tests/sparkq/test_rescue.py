@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -56,11 +57,13 @@ def _stop(proc, log) -> None:
 def test_a_deleted_database_is_written_back_on_stop(server, removed):
     project, proc, db, log = server
     _put(project.url, "before the rm")
+    os.chmod(db, 0o640)  # the mode the user chose comes back with the data
     for name in os.listdir(db.parent) if removed == "with its WAL" else [db.name]:
         os.unlink(db.parent / name)
     _put(project.url, "after the rm")  # SQLite goes on writing the unlinked file
     _stop(proc, log)
     assert sorted(os.listdir(db.parent)) == ["sparkq.db"]  # no temp copy, no stale WAL
+    assert stat.S_IMODE(db.stat().st_mode) == 0o640
     assert _value(db) == "after the rm"
     assert "written back to" in log.read_text()
     ok = sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone()[0]
@@ -86,3 +89,24 @@ def test_a_moved_database_stays_where_it_was_moved(server):
     _stop(proc, log)
     assert not db.exists() and _value(moved) == "moved"
     assert "was moved" in log.read_text()
+
+
+def test_a_deleted_database_behind_a_symlink_comes_back_where_the_link_points(project):
+    real = project.root / "disk" / "q.db"
+    real.parent.mkdir()
+    link = project.root / "data" / "sparkq.db"
+    link.parent.mkdir()
+    storage_db = sqlite3.connect(real)
+    storage_db.close()
+    os.symlink(real, link)
+    log = project.root / "server.err"
+    with open(log, "w") as err:
+        proc = project.popen(sys.executable, "-m", "sparkq", "--host", "127.0.0.1", "--port", str(project.port),
+                             "--db", str(link), stdout=subprocess.DEVNULL, stderr=err)
+    project.reaper.add(proc.pid)
+    wait_serving(proc, project.url, log)
+    _put(project.url, "behind a link")
+    os.unlink(real)
+    _stop(proc, log)
+    assert sorted(os.listdir(real.parent)) == ["q.db"]  # no stale WAL beside the real file
+    assert link.is_symlink() and _value(link) == "behind a link"
