@@ -17,8 +17,11 @@ LOG_TAIL_LINES = 20
 def show(settings: Settings, *, lines: int, follow: bool, supervisor: bool) -> None:
     path = settings.paths.supervisor_log if supervisor else settings.paths.server_log
     render = _event_line if supervisor else (lambda line: line)
-    # Where the tail ends is where following begins: a line written in between is printed once.
+    # Where the tail ends is where following begins: a line written in between is printed once,
+    # and a line still being written is left whole to the follow.
     end, inode = _size_and_inode(path)
+    if follow:
+        end = _after_last_newline(path, end)
     for line in log_tail(path, lines=lines, end=end) if lines else []:
         print(render(line), flush=follow)
     if follow:
@@ -61,6 +64,18 @@ def _follow(path: Path, render, offset: int, inode: int | None) -> None:
             for raw in complete:
                 print(render(raw.decode("utf-8", errors="replace")), flush=True)
         time.sleep(0.2)
+
+
+def _after_last_newline(path: Path, end: int) -> int:
+    try:
+        with open(path, "rb") as fh:
+            start = max(0, end - 64 * 1024)
+            fh.seek(start)
+            data = fh.read(end - start)
+    except OSError:
+        return end
+    cut = data.rfind(b"\n")
+    return start + cut + 1 if cut >= 0 else start
 
 
 def _size_and_inode(path: Path) -> tuple[int, int | None]:

@@ -215,16 +215,15 @@ def _push_locked(settings, ref: str | None, all_: bool, honour_backoff: bool) ->
 
 def note_stored(settings, name: str, snapshot: str) -> None:
     """A bundle fetched from the repository is stored there already: not pending, so the next
-    start does not push it a second time. Left to the push that holds the state, if one runs."""
-    import time
-
+    start does not push it a second time. Best effort: the bundle is in place whatever happens
+    here, and while a push runs (it owns the state) the worst case is one more copy off-site."""
     try:
         with _pushing(settings, wait=0):
             state = offsite_state.load(settings.paths, repository_of(settings))
-            state.pushed.setdefault(name, {"snapshot": snapshot, "at": time.time(), "data_added": 0})
+            state.record_stored(name, snapshot)
             offsite_state.save(settings.paths, state)
-    except _Busy:
-        pass
+    except (_Busy, OSError) as exc:
+        log.get().info("offsite_note_stored_skipped", bundle=name, reason=str(exc))
 
 
 def _push_one(runner: restic.Restic, target: restic.Target, paths, entry) -> dict:

@@ -61,6 +61,10 @@ class State:
         self.pushed[name] = {"snapshot": snapshot, "at": time.time(), "data_added": data_added}
         self.failures, self.retry_at, self.last_push_at = 0, None, time.time()
 
+    def record_stored(self, name: str, snapshot: str) -> None:
+        """A bundle found in the repository without our push (fetched from it): not pending."""
+        self.pushed.setdefault(name, {"snapshot": snapshot, "at": time.time(), "data_added": None})
+
     def record_failure(self, error: str) -> None:
         self.failures += 1
         self.last_failure = {"at": time.time(), "error": error}

@@ -322,3 +322,25 @@ def test_a_restart_backup_is_pruned_once_the_server_stayed_up(project):
     sup._prune_restart_backup()
     assert sup.unpruned is None
     assert [p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_")] == [newest.name]
+
+
+def test_logs_follow_prints_a_line_being_written_whole(project):
+    import select
+
+    log = project.root / "sparkq" / "logs" / "server.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("old line\npart")  # the server is in the middle of a line
+    proc = project.popen(str(SPARKQ_BIN), "logs", "-f", "-n", "5", stdout=subprocess.PIPE, text=True)
+
+    def next_line() -> str:
+        assert select.select([proc.stdout], [], [], 20)[0], "no line within 20 s"
+        return proc.stdout.readline()
+
+    try:
+        assert next_line() == "old line\n"
+        with open(log, "a") as fh:
+            fh.write("ial-end\n")
+        assert next_line() == "partial-end\n"
+    finally:
+        proc.terminate()
+        proc.wait(10)
