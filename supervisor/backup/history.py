@@ -138,25 +138,35 @@ def ours(entries: list, pid: str | None) -> list:
     return [e for e in entries if owner(e) in (None, pid)]
 
 
-def origin_warnings(entry, settings) -> list[str]:
-    """What a restore plan must shout about: a bundle taken by another project, for another
-    database path, or on another host."""
+def origin_warnings(entry, settings) -> tuple[list[str], list[str]]:
+    """(warnings, notes) for a restore plan: what it must shout about (a bundle taken by another
+    project, for another database path, or on another host), and what is only worth saying.
+
+    A recovery onto a new machine is told apart from taking another live project's files: this
+    project has no id yet (no backup of its own) and the database the bundle was taken of is
+    not here. Then the other project, path and host are what a recovery looks like: notes."""
     import socket
 
     m = entry.manifest or {}
-    warnings = []
     theirs, mine = owner(entry), project_id(settings.paths)
-    if theirs is not None and theirs != mine:  # no id of our own yet: we never wrote a marked bundle
+    db_path = (m.get("database") or {}).get("path") if isinstance(m.get("database"), dict) else None
+    here = str(settings.paths.db.absolute())
+    recovering = mine is None and not (isinstance(db_path, str) and db_path != here and os.path.exists(db_path))
+    warnings: list[str] = []
+    notes: list[str] = []
+    said = notes if recovering else warnings
+    if theirs is not None and recovering:
+        notes.append(f"{entry.name} comes from another project folder (project_id {theirs}); this one has no "
+                     "backups of its own yet, as on a new machine: its sparkq.yml and .env become this one's")
+    elif theirs is not None and theirs != mine:
         warnings.append(f"{entry.name} was taken by ANOTHER PROJECT (project_id {theirs}, this "
                         f"project is {mine or 'not yet marked'}): its sparkq.yml and .env are that project's")
-    db_path = (m.get("database") or {}).get("path") if isinstance(m.get("database"), dict) else None
-    if isinstance(db_path, str) and db_path != str(settings.paths.db.absolute()):
-        warnings.append(f"{entry.name} was taken of the database {db_path}, "
-                        f"not of this project's {settings.paths.db.absolute()}")
+    if isinstance(db_path, str) and db_path != here:
+        said.append(f"{entry.name} was taken of the database {db_path}, not of this project's {here}")
     host = m.get("hostname")
     if isinstance(host, str) and host and host != socket.gethostname():
-        warnings.append(f"{entry.name} was taken on another host ({host})")
-    return warnings
+        said.append(f"{entry.name} was taken on another host ({host})")
+    return warnings, notes
 
 
 # --- a database that cannot be SparkQ's, while backups exist ------------------------------

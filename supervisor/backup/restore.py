@@ -174,7 +174,9 @@ def _prepare(settings, ref: str, scope: str, tables: list[str] | None, *, verify
     if tables and entry.db_file is None:
         raise UsageError(f"backup {entry.name} has no sparkq.db to merge tables from; pick another backup")
     plan = build_plan(entry, scope, tables, paths, verify=verify)
-    plan.warnings[:0] = history.origin_warnings(entry, settings)  # another project, DB path or host
+    warnings, notes = history.origin_warnings(entry, settings)  # another project, DB path or host
+    plan.warnings[:0] = warnings
+    plan.notes[:0] = notes
     _refuse_if_in_use(paths, plan.steps, ours_wait=True)  # a target the restored config moves the DB to
     plan.fingerprint = fingerprint(entry, plan.steps, paths)
     return entry, plan

@@ -48,6 +48,8 @@ def test_new_machine_recovery(hermetic_cache, rest_server, password_file, tmp_pa
     fresh.env.update(RESTIC_REPOSITORY=rest_server.url, RESTIC_PASSWORD_FILE=str(password_file))
     restored = fresh.sh("backup-restore", "--offsite", "latest", "--yes")
     assert restored.returncode == 0, restored.stdout + restored.stderr
+    # The recovery's normal case, said as a note: no WARNING about another project or host.
+    assert "WARNING" not in restored.stdout and "as on a new machine" in restored.stdout, restored.stdout
     assert stat.S_IMODE((root / ".env").stat().st_mode) == 0o600
     assert (root / ".env").read_bytes() == env_text
     fresh.config.write_text(f"server:\n  port: {fresh.port}\n")  # the restored yml names the old port
