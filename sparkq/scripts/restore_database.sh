@@ -32,8 +32,7 @@ USAGE
 
 need_ref() {
   if [ $# -lt 1 ] || [ -z "$1" ]; then
-    echo "$ME: '$verb' needs a backup number or name" >&2
-    usage >&2
+    echo "$ME: '$verb' needs a backup number or name (see: $ME list)" >&2
     exit 2
   fi
 }
@@ -57,7 +56,7 @@ case "$verb" in
   export-tools)      need_ref "$@"; exec "$SPARKQ" backup-export tools "$@" ;;
   export-prompts)    need_ref "$@"; exec "$SPARKQ" backup-export prompts "$@" ;;
   *)
-    echo "$ME: unknown verb '$verb'" >&2
-    usage >&2
+    echo "$ME: unknown verb '$verb'; one of list, show, restore, restore-config, restore-env," \
+         "restore-templates, export-config, export-tools, export-prompts (see: $ME --help)" >&2
     exit 2 ;;
 esac

@@ -49,9 +49,11 @@ def test_unknown_verb_and_missing_number_are_usage_errors(project):
     proc = _run(project, RESTORE_SH, "frobnicate")
     assert proc.returncode == 2
     assert "unknown verb 'frobnicate'" in proc.stderr and "export-prompts" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line, not the whole usage
     assert proc.stdout == ""
     missing = _run(project, RESTORE_SH, "show")
     assert missing.returncode == 2 and "needs a backup number" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1, missing.stderr
 
 
 def test_read_only_verbs(backed_up):
