@@ -361,7 +361,7 @@ def _stop_locked(settings: Settings) -> StopResult:
         return result
     began = time.monotonic()
     suspended = process.is_suspended(info.pid)
-    forced = process.stop(info.pid, settings.stop_timeout, resume=suspended)
+    forced = process.stop(info.pid, graceful_stop_timeout(settings), resume=suspended)
     if info.spawn_id:  # anything the server started that left its process group
         from .leftovers import stop_all
 
@@ -372,6 +372,18 @@ def _stop_locked(settings: Settings) -> StopResult:
                    seconds=round(seconds, 3))
     return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale,
                       suspended=suspended, supervisor_pid=supervisor)
+
+
+RESCUE_STOP_S = 600.0
+
+
+def graceful_stop_timeout(settings: Settings) -> float:
+    """How long a stop waits after SIGTERM before SIGKILL: server.stop_timeout, but up to 10
+    minutes while the database file is missing under the bundled server, which then copies every
+    row back as it stops (sparkq/rescue.py): a SIGKILL half-way would lose them all."""
+    if settings.command is None and not settings.paths.db.exists():
+        return max(settings.stop_timeout, RESCUE_STOP_S)
+    return settings.stop_timeout
 
 
 def _release_supervisor(settings: Settings) -> int | None:

@@ -64,3 +64,20 @@ def test_a_database_moved_under_the_server_is_named_as_moved(project):
     os.rename(moved, db)  # what it says to do
     assert "was moved" not in project.cli("status").stdout
     assert project.cli("stop").returncode == 0
+
+
+def test_a_stop_waits_for_the_write_back_not_just_the_stop_timeout(tmp_path):
+    # The copy of a large database can outlast server.stop_timeout: a SIGKILL half-way would
+    # lose every row, so while the file is missing under the bundled server a stop waits longer.
+    from supervisor import config
+    from supervisor.lifecycle import RESCUE_STOP_S, graceful_stop_timeout
+
+    (tmp_path / "sparkq.yml").write_text("server:\n  stop_timeout: 7\n")
+    settings = config.load(root=tmp_path)
+    assert not settings.paths.db.exists() and graceful_stop_timeout(settings) == RESCUE_STOP_S
+    settings.paths.db.parent.mkdir(parents=True)
+    settings.paths.db.write_bytes(b"")
+    assert graceful_stop_timeout(settings) == 7
+    settings.paths.db.unlink()
+    (tmp_path / "sparkq.yml").write_text("server:\n  stop_timeout: 7\n  command: [\"my-server\"]\n")
+    assert graceful_stop_timeout(config.load(root=tmp_path)) == 7  # no write-back to wait for
