@@ -28,6 +28,27 @@ VENV_BIN = Path(sys.executable).parent
 SPARKQ_BIN = VENV_BIN / "sparkq"
 
 
+def put_config(url: str, key: str, value) -> None:
+    """PUT a config entry (namespace `test`) through a running server's API."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{url}/api/config/test/{key}", method="PUT",
+                                 data=json.dumps({"value": value}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+
+
+def config_value(db: Path, key: str):
+    """The value of config entry `test`/`key` in the database file `db` (read only), or None."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM config WHERE namespace = 'test' AND key = ?", (key,)).fetchone()
+    finally:
+        conn.close()
+    return row and json.loads(row[0])
+
+
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value or the deadline passes."""
     deadline = time.monotonic() + timeout

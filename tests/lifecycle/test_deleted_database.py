@@ -9,15 +9,7 @@ import os
 import sqlite3
 import urllib.request
 
-from helpers import one_line_error
-
-
-def _put(project, value: str) -> None:
-    req = urllib.request.Request(f"{project.url}/api/config/test/kept", method="PUT",
-                                 data=json.dumps({"value": value}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
+from helpers import one_line_error, put_config
 
 
 def _get(project) -> str:
@@ -28,7 +20,7 @@ def _get(project) -> str:
 def test_restart_after_the_database_was_deleted_loses_nothing(project):
     assert project.cli("start").returncode == 0
     project.reaper.adopt_pidfile(project.pidfile)
-    _put(project, "written before the rm")
+    put_config(project.url, "kept", "written before the rm")
     db = project.root / "sparkq" / "data" / "sparkq.db"
     for name in ("sparkq.db", "sparkq.db-wal", "sparkq.db-shm"):
         os.unlink(db.with_name(name))

@@ -9,13 +9,12 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from datetime import datetime, timedelta, timezone
 
 import psutil
 import pytest
 
-from helpers import SPARKQ_BIN, tree_state, wait_until
+from helpers import SPARKQ_BIN, config_value, put_config, tree_state, wait_until
 from supervisor.process import probe_health
 
 INTERVAL = 2
@@ -73,23 +72,6 @@ def _schedule_events(project, event: str) -> list[dict]:
     return [e for e in lines if e.get("event") == event and e.get("trigger") == "scheduled"]
 
 
-def _put_config(project, key: str, value) -> None:
-    req = urllib.request.Request(f"{project.url}/api/config/test/{key}", method="PUT",
-                                 data=json.dumps({"value": value}).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
-
-
-def _bundle_value(bundle, key: str):
-    conn = sqlite3.connect(f"file:{bundle / 'sparkq.db'}?mode=ro&immutable=1", uri=True)
-    try:
-        row = conn.execute("SELECT value FROM config WHERE namespace = 'test' AND key = ?", (key,)).fetchone()
-    finally:
-        conn.close()
-    return row and json.loads(row[0])
-
-
 def test_an_idle_server_writes_no_bundle_over_several_intervals(project, tmp_path):
     _config(project)
     proc = _run(project, tmp_path)
@@ -114,7 +96,7 @@ def test_a_config_change_is_in_a_verified_scheduled_bundle_within_one_interval(p
     try:
         first = set(_bundles(project))
         checks_before = len(_schedule_events(project, "backup_unchanged"))
-        _put_config(project, "colour", "teal")
+        put_config(project.url, "colour", "teal")
         changed = time.monotonic()
 
         def scheduled():
@@ -130,7 +112,7 @@ def test_a_config_change_is_in_a_verified_scheduled_bundle_within_one_interval(p
         # the bound leaves room for a slow machine.
         assert len(_schedule_events(project, "backup_unchanged")) - checks_before <= 1
         assert took <= INTERVAL + 20, took
-        assert _bundle_value(bundle, "colour") == "teal"
+        assert config_value(bundle / "sparkq.db", "colour") == "teal"
         verified = project.cli("backup-verify", name)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         listed = project.cli("backup-list", "--json")
@@ -162,7 +144,7 @@ def test_a_missed_schedule_is_made_up_soon_after_start(project, tmp_path):
 
         (name,) = wait_until(made_up, timeout=30, what="the missed scheduled backup")
         assert time.monotonic() - started < 30
-        assert _bundle_value(project.backup_dir / name, "missed") == "yes"
+        assert config_value(project.backup_dir / name / "sparkq.db", "missed") == "yes"
         # Once the supervisor has reaped it, the next one is an interval away.
         wait_until(lambda: 3000 < (_status(project)["next_backup_in_s"] or 0) <= 3600, timeout=10,
                    what="the next backup an hour away")
@@ -200,7 +182,7 @@ def test_a_failing_scheduled_backup_leaves_the_server_and_old_bundles_alone(proj
                     out.flush()
             except OSError:
                 pass
-        _put_config(project, "colour", "red")  # something to back up
+        put_config(project.url, "colour", "red")  # something to back up
 
         status = wait_until(lambda: (s := _status(project))["last_backup_error"] and s, timeout=30,
                             what="status to show the failed backup")
@@ -208,7 +190,7 @@ def test_a_failing_scheduled_backup_leaves_the_server_and_old_bundles_alone(proj
         assert status["health"]["ok"] is True
         text = project.cli("status").stdout
         assert "last backup failed " in text and " ago: " in text
-        _put_config(project, "colour", "blue")  # the server still writes
+        put_config(project.url, "colour", "blue")  # the server still writes
         # A failed backup leaves no temp dir (retries, every interval, each make one for a moment) ...
         wait_until(lambda: _no_temp_dir(tiny_backup_disk), timeout=30, what="no temp dir between retries")
         assert _tree(tiny_backup_disk) == old  # ... nor a new bundle, and the old ones are as they were
@@ -217,7 +199,7 @@ def test_a_failing_scheduled_backup_leaves_the_server_and_old_bundles_alone(proj
         wait_until(lambda: _status(project)["last_backup_error"] is None, timeout=30,
                    what="a retry to succeed")
         newest = sorted(tiny_backup_disk.glob("sparkq_2*"))[-1]
-        assert _bundle_value(newest, "colour") == "blue"
+        assert config_value(newest / "sparkq.db", "colour") == "blue"
         assert {k: v for k, v in _tree(tiny_backup_disk).items() if k in old} == old
     finally:
         _stop(proc)

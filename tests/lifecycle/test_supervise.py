@@ -273,12 +273,16 @@ def test_run_as_pid_1_reaps_orphans_and_stops_on_sigterm(project, fake, tmp_path
     wait_until(lambda: not fake.running(), timeout=10, what="no server left")
 
 
-def test_logs_follow_prints_lines_as_they_are_appended(project):
+@pytest.mark.parametrize("before,appended,shown", [
+    ("older\nold line\n", "new line\n", "new line\n"),
+    ("old line\npart", "ial-end\n", "partial-end\n"),  # the server was in the middle of a line
+], ids=["whole lines", "a line being written"])
+def test_logs_follow_prints_lines_as_they_are_appended(project, before, appended, shown):
     import select
 
     log = project.root / "sparkq" / "logs" / "server.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("older\nold line\n")
+    log.write_text(before)
     proc = project.popen(str(SPARKQ_BIN), "logs", "-f", "-n", "1", stdout=subprocess.PIPE, text=True)
 
     def next_line() -> str:
@@ -288,8 +292,8 @@ def test_logs_follow_prints_lines_as_they_are_appended(project):
     try:
         assert next_line() == "old line\n"
         with open(log, "a") as fh:
-            fh.write("new line\n")
-        assert next_line() == "new line\n"
+            fh.write(appended)
+        assert next_line() == shown
     finally:
         proc.terminate()
         proc.wait(10)
@@ -322,25 +326,3 @@ def test_a_restart_backup_is_pruned_once_the_server_stayed_up(project):
     sup._prune_restart_backup()
     assert sup.unpruned is None
     assert [p.name for p in project.backup_dir.iterdir() if p.name.startswith("sparkq_")] == [newest.name]
-
-
-def test_logs_follow_prints_a_line_being_written_whole(project):
-    import select
-
-    log = project.root / "sparkq" / "logs" / "server.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text("old line\npart")  # the server is in the middle of a line
-    proc = project.popen(str(SPARKQ_BIN), "logs", "-f", "-n", "5", stdout=subprocess.PIPE, text=True)
-
-    def next_line() -> str:
-        assert select.select([proc.stdout], [], [], 20)[0], "no line within 20 s"
-        return proc.stdout.readline()
-
-    try:
-        assert next_line() == "old line\n"
-        with open(log, "a") as fh:
-            fh.write("ial-end\n")
-        assert next_line() == "partial-end\n"
-    finally:
-        proc.terminate()
-        proc.wait(10)
