@@ -15,7 +15,7 @@ import sys
 import typer
 
 from .cli_app import JsonOpt, app, emit, exit_with, load_settings, state
-from .errors import FAILURE, INTERRUPTED, Interrupted, SparkqError
+from .errors import FAILURE, INTERRUPTED, Interrupted, SparkqError, UsageError
 
 SkipBackupOpt = typer.Option(False, "--skip-backup", help="Start without the pre-start backup (logs a warning).")
 
@@ -34,8 +34,15 @@ def setup(
     not brought back unless you ask with --reseed. Takes no backup.
     """
     from .initialize import run_setup
+    from .pidfile import recorded_pid
+    from .process import alive
+    from .serverdb import trouble
 
-    emit(run_setup(load_settings(quiet_missing=True), reseed=reseed), as_json)
+    settings = load_settings(quiet_missing=True)
+    said = trouble(settings) if alive(recorded_pid(settings.paths)) else None
+    if said:  # a new, seeded database would take the place the server's rows must come back to
+        raise UsageError(f"{said}; setup changed nothing")
+    emit(run_setup(settings, reseed=reseed), as_json)
 
 
 @app.command()

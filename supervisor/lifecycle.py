@@ -15,7 +15,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from . import log, pidfile, prestart, process
+from . import log, pidfile, prestart, process, serverdb
 from .config import Settings
 from .errors import SparkqError, StartFailed
 from .interrupts import sigterm_unwinds
@@ -361,7 +361,8 @@ def _stop_locked(settings: Settings) -> StopResult:
         return result
     began = time.monotonic()
     suspended = process.is_suspended(info.pid)
-    forced = process.stop(info.pid, graceful_stop_timeout(settings), resume=suspended)
+    where = serverdb.locate(paths)
+    forced = process.stop(info.pid, serverdb.stop_timeout(settings), resume=suspended)
     if info.spawn_id:  # anything the server started that left its process group
         from .leftovers import stop_all
 
@@ -370,20 +371,20 @@ def _stop_locked(settings: Settings) -> StopResult:
     seconds = time.monotonic() - began
     log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended,
                    seconds=round(seconds, 3))
-    return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds, notice=stale,
-                      suspended=suspended, supervisor_pid=supervisor)
+    return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds,
+                      notice=stale or _written_back(settings, where), suspended=suspended, supervisor_pid=supervisor)
 
 
-RESCUE_STOP_S = 600.0
-
-
-def graceful_stop_timeout(settings: Settings) -> float:
-    """How long a stop waits after SIGTERM before SIGKILL: server.stop_timeout, but up to 10
-    minutes while the database file is missing under the bundled server, which then copies every
-    row back as it stops (sparkq/rescue.py): a SIGKILL half-way would lose them all."""
-    if settings.command is None and not settings.paths.db.exists():
-        return max(settings.stop_timeout, RESCUE_STOP_S)
-    return settings.stop_timeout
+def _written_back(settings: Settings, where) -> str | None:
+    """After a stop: where the rows of a server whose database had no name went (rescue.py)."""
+    if not where or where[0] != "deleted" or settings.command is not None:
+        return None
+    copies = serverdb.rescued_copies(settings.paths)
+    if copies:
+        return f"the server's rows were written to {copies[-1]} ({settings.paths.db} had been replaced while it ran)"
+    if settings.paths.db.exists():
+        return f"the server wrote its rows back to {settings.paths.db} (the file had been deleted while it ran)"
+    return f"the server's rows could not be written back: see {settings.paths.server_log}"
 
 
 def _release_supervisor(settings: Settings) -> int | None:

@@ -21,7 +21,10 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
 
     paths = settings.paths
     check_retention(settings, skip_backup)
+    _refuse_rescued_copies(paths)  # first: it says where the rows are, whatever the path holds
     refuse_unusable_db(paths)
+    if paths.config_file.exists():  # before any first-run set-up: a refused start writes nothing
+        _refuse_taken_port(settings)
     # The server is about to write the DB: a pre-restore bundle must not share its inode (even
     # with --skip-backup, which takes no backup that would otherwise do this).
     unshare_pre_restore(settings)
@@ -40,11 +43,32 @@ def prepare(settings: Settings, notices: list[str], skip_backup: bool) -> Settin
     if exposed:  # said in the result, where it is read; the log keeps a record
         notices.append(exposed)
         log.get().info("server_exposed", host=settings.host)
+    _refuse_taken_port(settings)  # again: set-up may have just written sparkq.yml
+    return settings
+
+
+def _refuse_taken_port(settings: Settings) -> None:
     if port_in_use(settings.host, settings.port):
         held_by = holder(settings)
         todo = "; stop that program or set server.port in sparkq.yml" if held_by == "another program" else ""
         raise StartFailed(f"port {settings.port} on {settings.host} is already in use by {held_by}{todo}")
-    return settings
+
+
+def _refuse_rescued_copies(paths) -> None:
+    """A copy the server wrote beside the database (it had been replaced while the server ran,
+    sparkq/rescue.py) holds rows the database does not: starting would bury it under new backups
+    and writes. One of the two must be chosen first."""
+    from .errors import UsageError
+    from .serverdb import rescued_copies
+
+    found = rescued_copies(paths)
+    if found:
+        from shlex import quote
+
+        raise UsageError(
+            f"{found[-1]} holds the rows the server had when it stopped ({paths.db} had been replaced while "
+            f"it ran); compare the two, then keep one: mv {quote(str(found[-1]))} {quote(str(paths.db))} for the "
+            f"server's rows, or move {found[-1].name} out of {paths.db.parent} to keep {paths.db.name} as it is")
 
 
 def check_retention(settings: Settings, skip_backup: bool) -> None:

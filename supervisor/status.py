@@ -112,10 +112,11 @@ def status(settings: Settings) -> StatusResult:
     except OSError:
         pass
     if info is not None:
-        if result.db_size is None:
-            from .backup.history import missing_under_server
+        from .serverdb import trouble
 
-            result.warnings.append(missing_under_server(settings))
+        said = trouble(settings)
+        if said:
+            result.warnings.append(said)
         result.pid, result.url, result.started_at = info.pid, info.url, info.started_at
         result.uptime_s = round(max(0.0, time.time() - info.create_time), 1)
         url = settings.health_url_for(info.url)

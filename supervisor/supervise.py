@@ -20,10 +20,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from . import log, pidfile, process
+from . import log, pidfile, process, serverdb
 from .config import Settings
 from .errors import FAILURE, OK, SparkqError, exit_status
-from .lifecycle import graceful_stop_timeout
 from .locking import file_lock
 from .logs import log_tail
 from .runstate import State, exit_record, exit_text, own_state, write_state
@@ -157,7 +156,7 @@ class Supervisor:
         proc = launched.spawned.proc
         settings = self.settings
         if launched.info is None:  # a stop came while it started
-            process.stop(proc.pid, graceful_stop_timeout(settings), reap=proc.poll, first=self.signals.forward)
+            process.stop(proc.pid, serverdb.stop_timeout(settings), reap=proc.poll, first=self.signals.forward)
             return proc.wait(), False
         began = time.monotonic()
         interval = settings.health_interval
@@ -170,7 +169,7 @@ class Supervisor:
             if self.tick():
                 if self.signals.released:  # `stop` takes the server over from here
                     return None, False
-                process.stop(proc.pid, graceful_stop_timeout(settings), reap=proc.poll, first=self.signals.forward)
+                process.stop(proc.pid, serverdb.stop_timeout(settings), reap=proc.poll, first=self.signals.forward)
                 return proc.wait(), False
             now = time.monotonic()
             if now - began >= STABLE_S:

@@ -100,9 +100,13 @@ def create_backup(settings, *, trigger: str, progress: bool = False, locked: boo
     """
     keep = settings.backup_keep()  # a bad SPARKQ_BACKUP_KEEP fails before anything is written
     db = settings.paths.db
+    if beside_server:  # not "no database yet", nor the wrong rows: the server's file went elsewhere
+        from ..serverdb import trouble
+
+        said = trouble(settings)
+        if said:
+            raise BackupFailed(f"{said}; nothing was backed up")
     if not db.exists():
-        if beside_server:  # not "no database yet": the server's rows live on in a deleted file
-            raise BackupFailed(history.missing_under_server(settings) + "; nothing was backed up")
         return BackupResult(trigger=trigger, skipped=True, notice=f"no database yet at {db}; nothing to back up")
     history.refuse_unusable_db(settings.paths)  # an emptied DB must not push good backups out
     if locked:

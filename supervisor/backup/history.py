@@ -27,7 +27,6 @@ which ones retention must spare, and making room on a full disk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -195,47 +194,6 @@ def refuse_unusable_db(paths) -> None:
             f"the database {paths.db} {problem} but {len(regular)} backup(s) exist; restore the newest "
             f"with ./sparkq.sh backup-restore {ref} --db-only, or {fresh} to start empty"
         )
-
-
-def missing_under_server(settings) -> str:
-    """What to say when the database file is gone while a server runs: its rows live on in the
-    server's open file, so this is no first run, and what saves them depends on where it went."""
-    db = settings.paths.db
-    fate = _open_database_fate(settings.paths)
-    if fate == "moved":
-        return (f"the database {db} was moved while the server runs; its rows went with it: move it back "
-                "before the server stops, or stop it and restore with ./sparkq.sh backup-restore")
-    what = f"the database {db} is missing while the server runs ({fate or 'deleted or moved'} while in use)"
-    if settings.command is not None:
-        return (f"{what}; SparkQ cannot write it back for a server.command of your own: "
-                "save the data through that server before it stops")
-    if fate == "deleted":  # the bundled server writes a deleted file back as it stops (sparkq/rescue.py)
-        return f"{what}; ./sparkq.sh restart brings it back: the server writes its data back as it stops"
-    return (f"{what}; if it was deleted, ./sparkq.sh restart brings it back (the server writes its data "
-            "back as it stops); if it was moved, move it back first")
-
-
-def _open_database_fate(paths) -> str | None:
-    """"deleted" or "moved", from what the server holds open (/proc/PID/fd names a deleted file
-    "PATH (deleted)", and its WAL stays at the old place when the database alone was moved);
-    None when that cannot be seen (another user's process, no /proc)."""
-    from ..pidfile import recorded_pid
-
-    pid = recorded_pid(paths)
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd") if pid else []
-    except OSError:
-        return None
-    links = set()
-    for fd in fds:
-        with contextlib.suppress(OSError):  # closed meanwhile
-            links.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    real = os.path.realpath(paths.db)
-    if f"{real} (deleted)" in links:
-        return "deleted"
-    if f"{real}{WAL}" in links:
-        return "moved"
-    return None
 
 
 def db_unusable(db) -> str | None:

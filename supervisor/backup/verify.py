@@ -217,4 +217,6 @@ def _damaged_when_taken(entry: Entry, problems: list[str]) -> bool:
     recorded = (entry.manifest or {}).get("integrity_check")
     if entry.kind != PRE_RESTORE or not isinstance(recorded, str) or recorded in ("ok", "no database"):
         return False
-    return all(p.startswith(f"{entry.name}/{DB_NAME}") for p in problems)  # the database alone
+    shown = f"{entry.name}/{DB_NAME}"  # as _check_database names it: the database's own check alone
+    return all(p.startswith((f"{shown}: integrity_check failed", f"{shown} is not a readable SQLite database"))
+               for p in problems)

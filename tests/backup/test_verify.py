@@ -211,6 +211,11 @@ def test_a_pre_restore_bundle_of_a_damaged_database_is_kept_not_failed(project):
     refused = project.cli("backup-restore", pre, "--db-only", "--yes")
     assert refused.returncode == 5 and "failed verification" in refused.stderr
 
+    wal = project.backup_dir / pre / "sparkq.db-wal"  # something added beside it: not as taken
+    wal.write_bytes(b"junk")
+    added = project.cli("backup-verify", pre)
+    assert added.returncode == 5 and f"FAILED {pre}:" in added.stdout, added.stdout
+    wal.unlink()
     flip_bytes(project.backup_dir / pre / "sparkq.db", 100)  # changed since: a backup gone bad
     tampered = project.cli("backup-verify", pre)
     assert tampered.returncode == 5 and f"FAILED {pre}:" in tampered.stdout and "checksum mismatch" in tampered.stdout

@@ -9,7 +9,7 @@ import os
 import sqlite3
 import urllib.request
 
-from helpers import one_line_error, put_config
+from helpers import config_value, one_line_error, put_config
 
 
 def _get(project) -> str:
@@ -49,12 +49,13 @@ def test_a_database_moved_under_the_server_is_named_as_moved(project):
     db = project.root / "sparkq" / "data" / "sparkq.db"
     moved = db.with_name("elsewhere.db")
     os.rename(db, moved)
+    said = f"the server's database is now {moved}, not {db}"
     status = project.cli("status")
-    assert "was moved while the server runs" in status.stdout and "move it back" in status.stdout, status.stdout
+    assert said in status.stdout and f"put it back at {db}" in status.stdout, status.stdout
     line = one_line_error(project.cli("backup"))
-    assert "was moved while the server runs" in line
+    assert said in line
     os.rename(moved, db)  # what it says to do
-    assert "was moved" not in project.cli("status").stdout
+    assert "database is now" not in project.cli("status").stdout
     assert project.cli("stop").returncode == 0
 
 
@@ -62,7 +63,8 @@ def test_a_stop_waits_for_the_write_back_not_just_the_stop_timeout(tmp_path):
     # The copy of a large database can outlast server.stop_timeout: a SIGKILL half-way would
     # lose every row, so while the file is missing under the bundled server a stop waits longer.
     from supervisor import config
-    from supervisor.lifecycle import RESCUE_STOP_S, graceful_stop_timeout
+    from supervisor.serverdb import RESCUE_STOP_S
+    from supervisor.serverdb import stop_timeout as graceful_stop_timeout
 
     (tmp_path / "sparkq.yml").write_text("server:\n  stop_timeout: 7\n")
     settings = config.load(root=tmp_path)
@@ -73,3 +75,33 @@ def test_a_stop_waits_for_the_write_back_not_just_the_stop_timeout(tmp_path):
     settings.paths.db.unlink()
     (tmp_path / "sparkq.yml").write_text("server:\n  stop_timeout: 7\n  command: [\"my-server\"]\n")
     assert graceful_stop_timeout(config.load(root=tmp_path)) == 7  # no write-back to wait for
+
+
+def test_a_database_replaced_under_the_server_is_never_mixed_up_with_its_rows(project):
+    """rm and a new file at the path (a `setup`, a copy from elsewhere) while the server runs:
+    nothing may back up or seed the new file as if it were the server's, the stop waits for the
+    rows to be written beside it, and the next start makes the user choose."""
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    put_config(project.url, "kept", "the server's rows")
+    db = project.root / "sparkq" / "data" / "sparkq.db"
+    os.unlink(db)
+    refused = one_line_error(project.cli("setup"), codes={2})  # would seed a new file at the path
+    assert "missing while the server runs" in refused and "setup changed nothing" in refused
+    assert not db.exists()
+    sqlite3.connect(db).close()  # something else takes the name
+    said = f"the database {db} was replaced while the server runs"
+    assert said in project.cli("status").stdout
+    assert said in one_line_error(project.cli("backup"))
+
+    stopped = project.cli("stop")
+    assert stopped.returncode == 0 and "the server's rows were written to" in stopped.stdout, stopped.stdout
+    [copy] = [p for p in db.parent.iterdir() if ".rescued-" in p.name]
+    assert config_value(copy, "kept") == "the server's rows" and db.stat().st_size == 0
+    line = one_line_error(project.cli("start"), codes={2})
+    assert str(copy) in line and "keep one" in line
+    os.replace(copy, db)  # what it says: keep the server's rows
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    assert _get(project) == "the server's rows"
+    assert project.cli("stop").returncode == 0

@@ -197,6 +197,16 @@ def test_port_taken_by_another_program_fails_fast(project, fake):
     assert fake.spawn_count() == 0 and not project.pidfile.exists()
 
 
+def test_a_start_refused_for_a_taken_port_sets_nothing_up(project):
+    assert project.config.exists() and not project.db.exists()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", project.port))
+        other.listen()
+        result = project.cli("start")
+    assert result.returncode == 1 and "already in use" in result.stderr
+    assert not project.db.exists()  # no first-run database seeded for a start that never ran
+
+
 def test_restart_leaves_one_server_on_the_same_port(project, fake):
     assert project.cli("start", "--skip-backup").returncode == 0
     old = _pidfile(project)["pid"]
