@@ -216,8 +216,9 @@ def load(
     path = config_path(explicit, root)
     if not path.exists():
         if explicit or os.environ.get(CONFIG_ENV):
-            if not lenient:
-                raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
+            # Even for the lenient commands: defaults beside a mistyped name would call a running
+            # server "stopped" (status) or "not running" (stop).
+            raise ConfigError(f"{path}: config file not found; check --config / {CONFIG_ENV}")
         return _build(root, path, {}, [], notice=f"{path.name} not found; using default paths")
     skipped: dict[str, str] | None = {} if lenient else None
     try:

@@ -79,7 +79,7 @@ class StatusResult:
         if self.reason:
             lines.append("  gave up: " + self.reason.replace("\n", "\n    "))
         size = (f" ({human_size(self.db_size)})" if self.db_size is not None
-                else " (missing)" if self.running else " (does not exist yet)")
+                else " (missing)" if self.running or self.newest_backup else " (does not exist yet)")
         lines.append(f"  database: {self.db_path}{size}")
         if self.newest_backup:
             lines.append(f"  newest backup: {self.newest_backup} ({_duration(self.newest_backup_age_s)} ago)")

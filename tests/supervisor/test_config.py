@@ -123,3 +123,11 @@ def test_health_url_is_a_path_or_an_http_url(project, url, good):
     else:
         with pytest.raises(ConfigError, match="server.health_url"):
             load(project, text)
+
+
+def test_a_mistyped_config_file_is_an_error_for_every_command(project):
+    # status and stop load leniently, but defaults beside a name that does not exist would call
+    # a running server stopped: a missing --config (or SPARKQ_CONFIG) file is exit 2 for all.
+    for command in ("status", "stop", "backup-list"):
+        proc = project.cli("--config", "sparkq-typo.yml", command)
+        assert proc.returncode == 2 and "config file not found" in proc.stderr, (command, proc.stderr)
