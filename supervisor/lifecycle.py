@@ -336,7 +336,9 @@ def stop(settings: Settings) -> StopResult:
     with file_lock(settings.paths.lockfile):
         result = _stop_locked(settings)
         _settle_state(settings)
-        return result
+    if not result.was_running and result.notice is None:  # (restart's start says it once itself)
+        result.notice = _unknown_sparkq(settings)
+    return result
 
 
 def _settle_state(settings: Settings) -> None:
@@ -422,7 +424,7 @@ def _stop_left_behind(settings: Settings, stale: str | None) -> StopResult:
     """No server, but maybe what one left when it forked into the background: stop that."""
     spawn_id, left = pidfile.left_behind(settings.paths)
     if not left:
-        return StopResult(was_running=False, notice=stale or _unknown_sparkq(settings))
+        return StopResult(was_running=False, notice=stale)
     from .leftovers import stop_all
 
     began = time.monotonic()
