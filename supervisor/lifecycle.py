@@ -17,7 +17,7 @@ from typing import Callable
 
 from . import log, pidfile, prestart, process, serverdb
 from .config import Settings
-from .errors import SparkqError, StartFailed
+from .errors import SparkqError, StartFailed, UsageError
 from .interrupts import sigterm_unwinds
 from .locking import file_lock
 from .logs import log_tail
@@ -64,6 +64,7 @@ class StopResult:
     notice: str | None = None
     suspended: bool = False  # it was stopped (SIGSTOP, Ctrl-Z): resumed so it could see SIGTERM
     supervisor_pid: int | None = None  # the supervisor that was asked to leave first
+    moved_to: str | None = None  # the server's database was open under this other path
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -232,6 +233,8 @@ def restart(settings: Settings, *, skip_backup: bool = False) -> StartResult:
                 "(systemd or a terminal); restart it there, e.g. systemctl restart sparkq"
             )
         stopped = _stop_locked(settings)
+        if stopped.moved_to:  # a start now would call the rows missing and offer an older backup
+            raise UsageError(f"stopped (PID {stopped.pid}); not started: {stopped.notice}, then ./sparkq.sh start")
         if stopped.was_running and not wait_port_free(settings.host, settings.port, settings.start_timeout):
             raise StartFailed(f"port {settings.port} is still in use after the server stopped; "
                               "find the program holding it (ss -ltnp) and stop it")
@@ -363,7 +366,8 @@ def _stop_locked(settings: Settings) -> StopResult:
         return result
     began = time.monotonic()
     suspended = process.is_suspended(info.pid)
-    where = serverdb.locate(paths)
+    where = serverdb.locate(settings)
+    before = (where, paths.db.exists(), serverdb.rescued_copies(paths))
     forced = process.stop(info.pid, serverdb.stop_timeout(settings), resume=suspended)
     if info.spawn_id:  # anything the server started that left its process group
         from .leftovers import stop_all
@@ -374,19 +378,24 @@ def _stop_locked(settings: Settings) -> StopResult:
     log.get().info("server_stopped", pid=info.pid, forced=forced, suspended=suspended,
                    seconds=round(seconds, 3))
     return StopResult(was_running=True, pid=info.pid, forced=forced, seconds=seconds,
-                      notice=stale or _written_back(settings, where), suspended=suspended, supervisor_pid=supervisor)
+                      notice=stale or _written_back(settings, *before), suspended=suspended,
+                      supervisor_pid=supervisor, moved_to=where[1] if where and where[0] == "moved" else None)
 
 
-def _written_back(settings: Settings, where) -> str | None:
-    """After a stop: where the rows of a server whose database had no name went (rescue.py)."""
+def _written_back(settings: Settings, where, db_existed: bool, copies_before: list) -> str | None:
+    """After a stop: where the rows of a server whose database was not at database.path went."""
+    db = settings.paths.db
+    if where and where[0] == "moved":
+        return f"the server's database is now {where[1]}, not {db}: put it back at {db} before starting"
     if not where or where[0] != "deleted" or settings.command is not None:
         return None
-    copies = serverdb.rescued_copies(settings.paths)
-    if copies:
-        return f"the server's rows were written to {copies[-1]} ({settings.paths.db} had been replaced while it ran)"
-    if settings.paths.db.exists():
-        return f"the server wrote its rows back to {settings.paths.db} (the file had been deleted while it ran)"
-    return f"the server's rows could not be written back: see {settings.paths.server_log}"
+    new = [p for p in serverdb.rescued_copies(settings.paths) if p not in copies_before]
+    if new and ".rescued-" in new[-1].name:
+        return f"the server's rows were written to {new[-1]} ({db} had been replaced while it ran)"
+    if not db_existed and db.exists():
+        return f"the server wrote its rows back to {db} (the file had been deleted while it ran)"
+    cut = f"; what it copied is in {new[-1]}" if new else ""
+    return f"the server's rows could not be written back (see {settings.paths.server_log}){cut}"
 
 
 def _release_supervisor(settings: Settings) -> int | None:

@@ -72,6 +72,18 @@ def recorded_pid(paths: Paths) -> int | None:
     return None if raw is None else _pid_of(raw)
 
 
+def our_pid(paths: Paths) -> int | None:
+    """The PID of our running server, checked as `identify` checks it (the process's start time
+    and command line), but changing nothing: a PID reused by another program after a crash or a
+    reboot is None, so nothing reads that program's files as the server's."""
+    try:
+        raw = _read_raw(paths.pidfile)
+        info = _parse(raw) if raw is not None else None
+    except (SparkqError, ValueError, KeyError, TypeError):
+        return None
+    return info.pid if info is not None and why_not_ours(info) is None else None
+
+
 def _read_raw(path: Path) -> bytes | None:
     try:
         return path.read_bytes()

@@ -56,19 +56,26 @@ def _refuse_taken_port(settings: Settings) -> None:
 
 def _refuse_rescued_copies(paths) -> None:
     """A copy the server wrote beside the database (it had been replaced while the server ran,
-    sparkq/rescue.py) holds rows the database does not: starting would bury it under new backups
-    and writes. One of the two must be chosen first."""
+    or the copy was cut short: sparkq/rescue.py) holds rows the database does not: starting
+    would bury it under new backups and writes. The user chooses first."""
+    from shlex import quote
+
     from .errors import UsageError
     from .serverdb import rescued_copies
 
     found = rescued_copies(paths)
-    if found:
-        from shlex import quote
-
+    if not found:
+        return
+    copy, db = found[-1], paths.db
+    if ".rescued-" not in copy.name:  # hidden: a write-back that did not end
         raise UsageError(
-            f"{found[-1]} holds the rows the server had when it stopped ({paths.db} had been replaced while "
-            f"it ran); compare the two, then keep one: mv {quote(str(found[-1]))} {quote(str(paths.db))} for the "
-            f"server's rows, or move {found[-1].name} out of {paths.db.parent} to keep {paths.db.name} as it is")
+            f"{copy} holds what the server could copy of its rows before it stopped (its database had no name "
+            f"left, and the write-back did not end); check it (sqlite3 {quote(str(copy))} 'PRAGMA integrity_check'), "
+            f"keep what you need, then move it out of {db.parent}")
+    raise UsageError(
+        f"{copy} holds the rows the server had when it stopped ({db} had been replaced while it ran); compare "
+        f"the two, then keep one: rm -f {quote(str(db))}-wal {quote(str(db))}-shm && mv {quote(str(copy))} "
+        f"{quote(str(db))} for the server's rows, or move {copy.name} out of {db.parent} to keep {db.name}")
 
 
 def check_retention(settings: Settings, skip_backup: bool) -> None:

@@ -184,7 +184,7 @@ class Supervisor:
                 next_check = time.monotonic() + interval
                 if failed >= settings.health_failures:
                     log.get().error("server_hung", pid=proc.pid, failed_checks=failed, last=str(why))
-                    process.stop(proc.pid, settings.stop_timeout, reap=proc.poll, resume=True)
+                    process.stop(proc.pid, serverdb.stop_timeout(settings), reap=proc.poll, resume=True)
                     return proc.wait(), True
             time.sleep(0.1)
 

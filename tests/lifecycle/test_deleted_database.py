@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 
 from helpers import config_value, one_line_error, put_config
@@ -46,6 +48,7 @@ def test_restart_after_the_database_was_deleted_loses_nothing(project):
 def test_a_database_moved_under_the_server_is_named_as_moved(project):
     assert project.cli("start").returncode == 0
     project.reaper.adopt_pidfile(project.pidfile)
+    put_config(project.url, "kept", "written before the move")
     db = project.root / "sparkq" / "data" / "sparkq.db"
     moved = db.with_name("elsewhere.db")
     os.rename(db, moved)
@@ -54,7 +57,13 @@ def test_a_database_moved_under_the_server_is_named_as_moved(project):
     assert said in status.stdout and f"put it back at {db}" in status.stdout, status.stdout
     line = one_line_error(project.cli("backup"))
     assert said in line
+    # A restart stops it and says where the rows are, instead of starting and offering a backup.
+    line = one_line_error(project.cli("restart"), codes={2})
+    assert said in line and "then ./sparkq.sh start" in line and "backup-restore" not in line
     os.rename(moved, db)  # what it says to do
+    assert project.cli("start").returncode == 0
+    project.reaper.adopt_pidfile(project.pidfile)
+    assert _get(project) == "written before the move"
     assert "database is now" not in project.cli("status").stdout
     assert project.cli("stop").returncode == 0
 
@@ -105,3 +114,21 @@ def test_a_database_replaced_under_the_server_is_never_mixed_up_with_its_rows(pr
     project.reaper.adopt_pidfile(project.pidfile)
     assert _get(project) == "the server's rows"
     assert project.cli("stop").returncode == 0
+
+
+def test_a_pidfile_naming_a_reused_pid_is_never_read_as_the_server(project, tmp_path):
+    """After a crash or reboot the pidfile can name a PID another program now has. Its open
+    files are not the server's: no "moved" database, no refusal, a normal backup."""
+    assert project.cli("setup").returncode == 0
+    other = tmp_path / "other.db"
+    holder = project.popen(sys.executable, "-c", "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1]); "
+                           "c.execute('CREATE TABLE t (x)'); c.commit(); print('ready', flush=True); time.sleep(60)",
+                           str(other), stdout=subprocess.PIPE, text=True)
+    project.reaper.add(holder.pid)
+    assert holder.stdout.readline() == "ready\n"
+    project.pidfile.write_text(json.dumps({"pid": holder.pid, "create_time": 1.0, "argv": ["python", "-m", "sparkq"]}))
+    backed_up = project.cli("backup")
+    assert backed_up.returncode == 0 and "backup sparkq_" in backed_up.stdout, backed_up.stdout + backed_up.stderr
+    assert str(other) not in project.cli("status").stdout
+    holder.kill()
+    holder.wait()
