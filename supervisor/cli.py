@@ -34,12 +34,10 @@ def setup(
     not brought back unless you ask with --reseed. Takes no backup.
     """
     from .initialize import run_setup
-    from .pidfile import recorded_pid
-    from .process import alive
     from .serverdb import trouble
 
     settings = load_settings(quiet_missing=True)
-    said = trouble(settings) if alive(recorded_pid(settings.paths)) else None
+    said = trouble(settings)  # None unless a server of ours runs
     if said:  # a new, seeded database would take the place the server's rows must come back to
         raise UsageError(f"{said}; setup changed nothing")
     emit(run_setup(settings, reseed=reseed), as_json)

@@ -74,6 +74,7 @@ def serve_detached(settings: Settings, *, trigger: str, skip_backup: bool) -> in
         backup = launched.backup
         # "running" goes with the report in one write: `start` returns once it reads the report,
         # and a `status` right after must not still say "starting".
-        sup.save(state="running", report={"pid": launched.info.pid, "url": launched.info.url, "notices": launched.notices,
+        sup.save(state="running",
+                 report={"pid": launched.info.pid, "url": launched.info.url, "notices": launched.notices,
                          "backup": backup and backup.to_dict(), "backup_text": launched.backup_text})
     return sup.supervise(launched)
