@@ -147,7 +147,8 @@ def backup_restore(
     action: Optional[str] = typer.Argument(None, metavar="[export-prompts]", help="Print the prompts JSON instead."),
     db_only: bool = typer.Option(False, "--db-only", help="Restore the database alone."),
     config_only: bool = typer.Option(False, "--config-only", help="Restore sparkq.yml and .env alone."),
-    only: Optional[Scope] = typer.Option(None, "--only", help="What to restore: full, db, config (yml and .env), yml, env or templates."),
+    only: Optional[Scope] = typer.Option(
+        None, "--only", help="What to restore: full, db, config (yml and .env), yml, env or templates."),
     tables: Optional[str] = typer.Option(
         None, "--tables", help="Merge these tables from the backup into the current DB (e.g. prompts,config)."
     ),

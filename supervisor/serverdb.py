@@ -101,7 +101,8 @@ def trouble(settings: Settings) -> str | None:
         return (f"{what}; SparkQ cannot write it back for a server.command of your own: "
                 "save the data through that server before it stops")
     if where == "deleted":
-        return f"{what} (deleted while in use); ./sparkq.sh restart brings it back: the server writes its data back as it stops"
+        return (f"{what} (deleted while in use); ./sparkq.sh restart brings it back: the server writes its "
+                "data back as it stops")
     return (f"{what} (deleted or moved while in use: SparkQ cannot see which); if you moved it, put it back; "
             "if you deleted it, ./sparkq.sh restart brings it back (the server writes its data back as it stops)")
 

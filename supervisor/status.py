@@ -132,8 +132,8 @@ def status(settings: Settings) -> StatusResult:
         from .ports import holder
 
         held_by = holder(settings)
-        result.warnings.append(f"port {settings.port} is in use by {held_by}" + (
-            "; `start` will refuse until it is stopped (find it with: ss -ltnp)" if held_by == "another program" else ""))
+        todo = "; `start` will refuse until it is stopped (find it with: ss -ltnp)"
+        result.warnings.append(f"port {settings.port} is in use by {held_by}" + (todo if held_by == "another program" else ""))
     result.newest_backup, result.newest_backup_age_s = _newest_backup(paths)
     from .schedule import status_fields
 

@@ -103,7 +103,8 @@ class OffsiteList:
                  f"{'SNAPSHOT':<10} {'BUNDLE':<36} {'TRIGGER':<9} {'CREATED (UTC)':<20} {'HOST':<16} ADDED"]
         for s in self.snapshots:
             added = human_size(s.data_added) if isinstance(s.data_added, int) else "-"
-            when = _newest(s)[0].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")  # the bundle's time, the order of the list
+            # The bundle's own time: the order of the list.
+            when = _newest(s)[0].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             lines.append(f"{s.id[:8]:<10} {s.bundle or '?':<36} {s.trigger or '?':<9} {when:<20} {s.host:<16} {added}")
         return "\n".join(lines)
 
